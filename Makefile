@@ -1,0 +1,37 @@
+# Every target makes the virtualenv first, so each works on a fresh machine with Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+LOCALCLOUD_PORT ?= 4566
+LOCALCLOUD_STATE ?= .localcloud
+export LOCALCLOUD_PORT LOCALCLOUD_STATE
+
+.PHONY: venv cloud run test test-fast lint bench bench-cloud clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	touch $@
+
+## Serve the local cloud in the foreground on 127.0.0.1:$(LOCALCLOUD_PORT).
+cloud: venv
+	$(BIN)/python -m include.localcloud
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-cloud: venv
+	$(BIN)/python -m include.localcloud.bench
+
+clean:
+	rm -rf $(LOCALCLOUD_STATE) reports .pytest_cache

@@ -1,0 +1,167 @@
+"""The local cloud: one HTTP endpoint on loopback that speaks the AWS APIs the fraud pipeline
+uses. Requests are routed by their SigV4 signing service and target: SageMaker, the Feature Store
+runtime, the SageMaker runtime and Athena are served here; everything else goes to moto."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from moto.moto_server.werkzeug_app import MotoRequestHandler
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+from include.localcloud.moto_services import MotoServices
+from include.localcloud.protocol import (
+    AwsError,
+    JsonService,
+    RequestContext,
+    RestJsonService,
+    error_response,
+    new_request_id,
+)
+from include.localcloud.store import Store
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = "123456789012"  # moto's default account, so STS and our ARNs agree
+DEFAULT_REGION = "us-east-1"
+DEFAULT_PORT = 4566
+DEFAULT_STATE_DIR = ".localcloud"
+MAX_REQUEST_BYTES = 1024 * 1024 * 1024  # S3 uploads included; anything larger gets a 413
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
+
+
+class KeepAliveHandler(MotoRequestHandler):
+    """HTTP/1.1 keeps client connections open: boto3 reuses them, which matters for latency."""
+
+    protocol_version = "HTTP/1.1"
+
+
+def signing_scope(request: Request) -> tuple[str, str | None]:
+    """(region, service) from a SigV4 Authorization header."""
+    found = _SCOPE.search(request.headers.get("Authorization", ""))
+    if found is None:
+        return DEFAULT_REGION, None
+    return found.group(1), found.group(2)
+
+
+class LocalCloud:
+    """Serve the local cloud from `state_dir` on host:port (port 0 picks a free one)."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.port = port
+        self.store = Store(self.state_dir / "state.db")
+        self.moto = MotoServices(self.state_dir / "moto.pickle")
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._clients_lock = threading.Lock()
+        self.services: list[JsonService | RestJsonService] = self._make_services()
+
+    def _make_services(self) -> list[JsonService | RestJsonService]:
+        # Imported here: the services import this module for LocalCloud's type.
+        from include.localcloud.athena.urls import services as athena
+        from include.localcloud.featurestore.urls import services as featurestore
+        from include.localcloud.runtime.urls import services as runtime
+        from include.localcloud.sagemaker.urls import services as sagemaker
+
+        return [cls(self) for module in (sagemaker, featurestore, runtime, athena) for cls in module()]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def client(self, service: str, region: str = DEFAULT_REGION) -> Any:
+        """A boto3 client of this local cloud, for the services' own background work."""
+        with self._clients_lock:
+            key = (service, region)
+            if key not in self._clients:
+                self._clients[key] = boto3.session.Session().client(
+                    service,
+                    region_name=region,
+                    endpoint_url=self.url,
+                    aws_access_key_id="localcloud",
+                    aws_secret_access_key="localcloud",
+                    config=Config(retries={"max_attempts": 2}, max_pool_connections=32),
+                )
+            return self._clients[key]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> LocalCloud:
+        """Bind, restore state and serve in a background thread."""
+        self.moto.restore()
+        self._server = make_server(
+            self.host, self.port, self, threaded=True, request_handler=KeepAliveHandler
+        )
+        self._server.timeout = 0.5
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud", daemon=True)
+        self._thread.start()
+        self.moto.start()
+        for service in self.services:
+            service.start()
+        log.info("local cloud serving on %s, state in %s", self.url, self.state_dir)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; running jobs end Failed, endpoints stop, state is saved."""
+        for service in reversed(self.services):
+            service.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self.moto.stop()
+        self.store.close()
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- WSGI ------------------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        length = request.content_length or 0
+        if length > MAX_REQUEST_BYTES:
+            error = AwsError("RequestEntityTooLarge", f"Request of {length} bytes is too large.", 413)
+            return error_response(error, new_request_id(), rest=True)(environ, start_response)
+        region, signing_service = signing_scope(request)
+        for service in self.services:
+            if service.matches(request, signing_service):
+                return self._serve(service, request, region)(environ, start_response)
+        if signing_service in {s.model.signing_name for s in self.services} | {"athena"}:
+            error = AwsError("UnknownOperationException", f"No route for {request.method} {request.path}.", 404)
+            return error_response(error, new_request_id(), rest=True)(environ, start_response)
+        return self.moto(environ, start_response)
+
+    def _serve(self, service: JsonService | RestJsonService, request: Request, region: str) -> Response:
+        ctx = RequestContext(self, region, ACCOUNT_ID, new_request_id())
+        rest = isinstance(service, RestJsonService)
+        try:
+            response = service.handle(request, ctx)
+        except AwsError as error:
+            return error_response(error, ctx.request_id, rest)
+        except Exception as exc:  # a bug must answer 500 and leave the server up
+            log.exception("internal error in %s", type(service).__name__)
+            return error_response(AwsError("InternalFailure", str(exc), 500), ctx.request_id, rest)
+        response.headers["x-amzn-RequestId"] = ctx.request_id
+        return response

@@ -1,0 +1,71 @@
+"""The local cloud's front door: routing, moto delegation, validation, bad requests, durability."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from include.localcloud.server import LocalCloud
+from tests.conftest import make_client
+
+
+def test_moto_serves_s3_glue_sts_in_any_region(aws) -> None:
+    s3 = aws("s3", region="eu-west-1")
+    s3.create_bucket(Bucket="front-door", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="front-door", Key="a/b.txt", Body=b"hello")
+    assert s3.get_object(Bucket="front-door", Key="a/b.txt")["Body"].read() == b"hello"
+    aws("glue", region="eu-west-1").create_database(DatabaseInput={"Name": "front_door"})
+    assert aws("sts").get_caller_identity()["Account"] == "123456789012"
+
+
+def test_requests_are_validated_against_botocore_model(aws) -> None:
+    sm = aws("sagemaker", parameter_validation=False)
+    with pytest.raises(ClientError) as caught:
+        sm.add_tags(ResourceArn="not-an-arn", Tags=[{"Key": "k"}])
+    error = caught.value.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert "resourceArn" in error["Message"]
+    assert "tags.1.member.value" in error["Message"]
+
+
+def test_tags_round_trip(aws) -> None:
+    sm = aws("sagemaker")
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model/tagged"
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "team", "Value": "fraud"}])
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "fraud"}]
+    sm.delete_tags(ResourceArn=arn, TagKeys=["team"])
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == []
+
+
+def test_malformed_and_oversized_bodies_get_4xx_and_server_stays_up(cloud, aws) -> None:
+    headers = {
+        "X-Amz-Target": "SageMaker.ListTags",
+        "Content-Type": "application/x-amz-json-1.1",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=x/20260101/us-east-1/sagemaker/aws4_request, "
+        "SignedHeaders=host, Signature=0",
+    }
+    bad = requests.post(cloud.url, data=b"{not json", headers=headers, timeout=5)
+    assert bad.status_code == 400
+    assert bad.json()["__type"] == "SerializationException"
+    huge = requests.post(cloud.url, data=b"x" * (9 * 1024 * 1024), headers=headers, timeout=10)
+    assert huge.status_code == 413
+    unknown = requests.post(cloud.url, data=b"{}", headers={**headers, "X-Amz-Target": "SageMaker.Nope"}, timeout=5)
+    assert unknown.status_code == 400
+    assert aws("sts").get_caller_identity()["Account"] == "123456789012"
+
+
+def test_state_survives_restart(tmp_path) -> None:
+    with LocalCloud(tmp_path, port=0) as first:
+        s3 = make_client(first, "s3")
+        s3.create_bucket(Bucket="durable")
+        s3.put_object(Bucket="durable", Key="k", Body=b"kept")
+        make_client(first, "sagemaker").add_tags(
+            ResourceArn="arn:aws:sagemaker:us-east-1:123456789012:model/m", Tags=[{"Key": "a", "Value": "b"}]
+        )
+    with LocalCloud(tmp_path, port=0) as second:
+        assert make_client(second, "s3").get_object(Bucket="durable", Key="k")["Body"].read() == b"kept"
+        tags = make_client(second, "sagemaker").list_tags(
+            ResourceArn="arn:aws:sagemaker:us-east-1:123456789012:model/m"
+        )["Tags"]
+        assert tags == [{"Key": "a", "Value": "b"}]
