@@ -16,7 +16,7 @@ from include.localcloud.server import DEFAULT_PORT, DEFAULT_STATE_DIR, LocalClou
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("waitress").setLevel(logging.WARNING)
     host = os.environ.get("LOCALCLOUD_HOST", "127.0.0.1")
     port = int(os.environ.get("LOCALCLOUD_PORT", DEFAULT_PORT))
     state = os.environ.get("LOCALCLOUD_STATE", DEFAULT_STATE_DIR)

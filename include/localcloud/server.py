@@ -14,8 +14,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from moto.moto_server.werkzeug_app import MotoRequestHandler
-from werkzeug.serving import BaseWSGIServer, make_server
+from waitress import create_server
+from waitress.server import BaseWSGIServer
 from werkzeug.wrappers import Request, Response
 
 from include.localcloud.moto_services import MotoServices
@@ -36,13 +36,8 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_PORT = 4566
 DEFAULT_STATE_DIR = ".localcloud"
 MAX_REQUEST_BYTES = 1024 * 1024 * 1024  # S3 uploads included; anything larger gets a 413
+SERVER_THREADS = 32  # requests in flight at once; jobs and queries run in their own threads
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
-
-
-class KeepAliveHandler(MotoRequestHandler):
-    """HTTP/1.1 keeps client connections open: boto3 reuses them, which matters for latency."""
-
-    protocol_version = "HTTP/1.1"
 
 
 def signing_scope(request: Request) -> tuple[str, str | None]:
@@ -106,12 +101,19 @@ class LocalCloud:
     def start(self) -> LocalCloud:
         """Bind, restore state and serve in a background thread."""
         self.moto.restore()
-        self._server = make_server(
-            self.host, self.port, self, threaded=True, request_handler=KeepAliveHandler
+        # waitress: keep-alive connections and a fixed thread pool, so a boto3 client reuses
+        # its connection instead of paying a TCP handshake and a new thread per request.
+        self._server = create_server(
+            self,
+            host=self.host,
+            port=self.port,
+            threads=SERVER_THREADS,
+            max_request_body_size=MAX_REQUEST_BYTES,
+            channel_timeout=300,
+            ident="localcloud",
         )
-        self._server.timeout = 0.5
-        self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud", daemon=True)
+        self.port = self._server.effective_port
+        self._thread = threading.Thread(target=self._server.run, name="localcloud", daemon=True)
         self._thread.start()
         self.moto.start()
         for service in self.services:
@@ -124,8 +126,7 @@ class LocalCloud:
         for service in reversed(self.services):
             service.stop()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            _shutdown(self._server)
         if self._thread is not None:
             self._thread.join()
         self.moto.stop()
@@ -140,10 +141,6 @@ class LocalCloud:
     # -- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
-        length = request.content_length or 0
-        if length > MAX_REQUEST_BYTES:
-            error = AwsError("RequestEntityTooLarge", f"Request of {length} bytes is too large.", 413)
-            return error_response(error, new_request_id(), rest=True)(environ, start_response)
         region, signing_service = signing_scope(request)
         for service in self.services:
             if service.matches(request, signing_service):
@@ -165,3 +162,13 @@ class LocalCloud:
             return error_response(AwsError("InternalFailure", str(exc), 500), ctx.request_id, rest)
         response.headers["x-amzn-RequestId"] = ctx.request_id
         return response
+
+
+def _shutdown(server: BaseWSGIServer) -> None:
+    """Stop a waitress server run in a thread: close the listening socket and every open
+    channel (the serving loop ends when none is left), then let running requests finish."""
+    server.close()
+    while server._map:
+        for channel in list(server._map.values()):
+            channel.handle_close()
+    server.task_dispatcher.shutdown()
