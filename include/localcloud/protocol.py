@@ -296,9 +296,9 @@ class RestJsonService:
                 elif location == "querystring":
                     values = request.args.getlist(wire)
                     if values:
-                        params[name] = values if member.type_name == "list" else values[0]
+                        params[name] = values if member.type_name == "list" else _scalar(member, values[0])
                 elif location == "header" and wire in request.headers:
-                    params[name] = request.headers[wire]
+                    params[name] = _scalar(member, request.headers[wire])
             if payload_name is not None:
                 params[payload_name] = body
         raise_if_invalid(shape, params, self.validation_error)
@@ -325,6 +325,21 @@ class RestJsonService:
             payload = result.get(payload_name, b"")
             return Response(payload, 200, headers=headers)
         return Response(to_json(body), 200, headers=headers, content_type="application/json")
+
+
+def _scalar(shape: Shape, text: str) -> Any:
+    """A query-string or header value as its shape's type; left as text when it doesn't parse,
+    so validation names the member."""
+    try:
+        if shape.type_name in ("integer", "long"):
+            return int(text)
+        if shape.type_name in ("float", "double"):
+            return float(text)
+    except ValueError:
+        return text
+    if shape.type_name == "boolean" and text in ("true", "false"):
+        return text == "true"
+    return text
 
 
 def error_response(error: AwsError, request_id: str, rest: bool) -> Response:
