@@ -76,10 +76,11 @@ def validate(shape: Shape, value: Any, path: str = "") -> list[str]:
     """Check a decoded JSON value against a botocore shape the way AWS does: required members,
     types, lengths and ranges, patterns and enums. Returns AWS-style constraint messages."""
     errors: list[str] = []
-    shown = json.dumps(value, default=str)[:100] if not isinstance(value, str) else value[:100]
     where = path or shape.name
 
     def fail(constraint: str) -> None:
+        # Rendered only on failure: a valid multi-megabyte blob must not be dumped per request.
+        shown = json.dumps(value, default=str)[:100] if not isinstance(value, str) else value[:100]
         errors.append(f"Value '{shown}' at '{where}' failed to satisfy constraint: {constraint}")
 
     kind = shape.type_name
@@ -122,7 +123,8 @@ def validate(shape: Shape, value: Any, path: str = "") -> list[str]:
         if shape.enum and value not in shape.enum:
             fail(f"Member must satisfy enum value set: [{', '.join(shape.enum)}]")
         pattern = shape.metadata.get("pattern")
-        if pattern and (regex := _compiled(pattern)) is not None and not regex.search(value):
+        # AWS matches the whole value (Java matches()), even where the pattern has no $.
+        if pattern and (regex := _compiled(pattern)) is not None and not regex.fullmatch(value):
             fail(f"Member must satisfy regular expression pattern: {pattern}")
     elif kind in ("integer", "long"):
         if not isinstance(value, int) or isinstance(value, bool):
@@ -271,8 +273,10 @@ class RestJsonService:
         """Stop background work; state stays on disk."""
 
     def route(self, request: Request) -> tuple[OperationModel, dict[str, str]] | None:
+        # The raw path: a percent-encoded "/" inside a label (an ARN as a name) must not split it.
+        path = request.environ.get("REQUEST_URI", request.path).split("?", 1)[0]
         for method, regex, operation in self.routes:
-            if request.method == method and (found := regex.match(request.path)):
+            if request.method == method and (found := regex.match(path)):
                 return operation, {k: unquote(v) for k, v in found.groupdict().items()}
         return None
 

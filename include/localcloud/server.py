@@ -14,7 +14,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from waitress import create_server
+from waitress import create_server, wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from werkzeug.wrappers import Request, Response
 
@@ -112,6 +113,7 @@ class LocalCloud:
             channel_timeout=300,
             ident="localcloud",
         )
+        self._server.channel_class = _Channel
         self.port = self._server.effective_port
         self._thread = threading.Thread(target=self._server.run, name="localcloud", daemon=True)
         self._thread.start()
@@ -125,10 +127,8 @@ class LocalCloud:
         """Stop serving; running jobs end Failed, endpoints stop, state is saved."""
         for service in reversed(self.services):
             service.stop()
-        if self._server is not None:
-            _shutdown(self._server)
-        if self._thread is not None:
-            self._thread.join()
+        if self._server is not None and self._thread is not None:
+            _shutdown(self._server, self._thread)
         self.moto.stop()
         self.store.close()
 
@@ -164,11 +164,21 @@ class LocalCloud:
         return response
 
 
-def _shutdown(server: BaseWSGIServer) -> None:
-    """Stop a waitress server run in a thread: close the listening socket and every open
-    channel (the serving loop ends when none is left), then let running requests finish."""
-    server.close()
-    while server._map:
-        for channel in list(server._map.values()):
-            channel.handle_close()
+class _Channel(HTTPChannel):
+    """waitress 3.0.2 answers "Expect: 100-continue" on a request without a body (botocore sends
+    one for an empty S3 upload) and then waits forever for that body: such a request needs no 100."""
+
+    def send_continue(self) -> None:
+        if self.request.content_length == 0 and not self.request.chunked:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
+
+
+def _shutdown(server: BaseWSGIServer, thread: threading.Thread) -> None:
+    """Stop a waitress server run in a thread. The serving loop closes its own sockets (closing
+    them from another thread would pull them out from under its select()), the loop ends when
+    none is left, then running requests finish."""
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    thread.join()
     server.task_dispatcher.shutdown()

@@ -1,5 +1,7 @@
-"""Routes of this service (filled in by its responses module)."""
+"""Routes of Athena: JSON 1.1 requests with `X-Amz-Target: AmazonAthena.*`."""
+
+from include.localcloud.athena.responses import AthenaResponse
 
 
 def services() -> list[type]:
-    return []
+    return [AthenaResponse]

@@ -1,5 +1,7 @@
-"""Routes of this service (filled in by its responses module)."""
+"""Routes of the SageMaker runtime: REST-JSON `POST /endpoints/{EndpointName}/invocations`."""
+
+from include.localcloud.runtime.responses import SageMakerRuntimeResponse
 
 
 def services() -> list[type]:
-    return []
+    return [SageMakerRuntimeResponse]

@@ -1,0 +1,1 @@
+"""Job code run inside SageMaker processing containers (plain scripts; see schema.py)."""

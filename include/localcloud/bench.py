@@ -1,0 +1,383 @@
+"""`python -m include.localcloud.bench`: how fast the local cloud serves what the fraud pipeline
+asks of it, measured through boto3 against the local cloud run as a separate process
+(`python -m include.localcloud` on a free port, state in a temporary folder).
+
+Prints one table: Feature Store PutRecord throughput (8 client threads, 5,000 records of the
+claims feature group) and GetRecord latency, the claims-customers Athena join over the two
+offline stores, InvokeEndpoint latency and batch throughput, each beside its target; and a
+baseline, sts.GetCallerIdentity (served by moto behind the same front server) from the same
+client, with the ratios against it. Server and client CPU per call show where the time goes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from include.jobs import schema
+from include.pipeline.settings import DEFAULT_ROLE_ARN, REPO_ROOT, XGBOOST_VERSION
+
+REGION = "us-east-1"
+BUCKET = "localcloud-bench"
+RECORDS = 5000
+CLIENT_THREADS = 8
+REPETITIONS = 3
+LATENCY_CALLS = 1000
+INVOKE_CALLS = 500
+BATCH_ROWS = 1000
+BATCH_CALLS = 10
+JOIN_RUNS = 5
+READY_TIMEOUT_SECONDS = 60
+OFFLINE_TIMEOUT_SECONDS = 120
+ENDPOINT_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class Row:
+    metric: str
+    value: float | None  # None: could not be measured (see note)
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    ratio: str = ""
+    note: str = ""
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the local cloud process -------------------------------------------------------------------
+@contextmanager
+def local_cloud(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = {**os.environ, "LOCALCLOUD_PORT": str(port), "LOCALCLOUD_STATE": str(state_dir),
+           "PYTHONPATH": str(REPO_ROOT)}
+    log_path = state_dir.parent / "localcloud.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "include.localcloud"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        sts = client(url, "sts")
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the local cloud exited with {process.returncode}: {tail(log_path)}")
+            try:
+                sts.get_caller_identity()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the local cloud did not answer on {url}: {tail(log_path)}") from None
+                time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()  # SIGTERM: a clean stop
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def client(url: str, service: str) -> Any:
+    return boto3.session.Session().client(
+        service, region_name=REGION, endpoint_url=url, aws_access_key_id="bench", aws_secret_access_key="bench",
+        config=Config(retries={"max_attempts": 1}, max_pool_connections=CLIENT_THREADS * 2),
+    )
+
+
+# -- measurements ------------------------------------------------------------------------------
+@dataclass
+class Throughput:
+    per_second: float
+    client_cpu_ms: float  # bench-process CPU per call
+    server_cpu_ms: float  # local-cloud-process CPU per call
+
+
+def throughput(calls: list[Callable[[], Any]], server_pid: int) -> Throughput:
+    """Run the calls on CLIENT_THREADS threads; calls per second and CPU per call on each side."""
+    server_before, client_before = cpu_seconds(server_pid), time.process_time()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
+    elapsed = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_before, time.process_time() - client_before
+    return Throughput(len(calls) / elapsed, client_cpu / len(calls) * 1000, server_cpu / len(calls) * 1000)
+
+
+def latencies(call: Callable[[], Any], count: int) -> list[float]:
+    """Milliseconds of `count` sequential calls, after a few warm-up calls."""
+    for _ in range(5):
+        call()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def median_latency(call: Callable[[], Any], count: int) -> tuple[float, float]:
+    """Median over REPETITIONS runs of (p50, p99) in milliseconds."""
+    runs = [latencies(call, count) for _ in range(REPETITIONS)]
+    return (statistics.median(percentile(r, 0.50) for r in runs),
+            statistics.median(percentile(r, 0.99) for r in runs))
+
+
+def median_throughput(make_calls: Callable[[int], list[Callable[[], Any]]], server_pid: int) -> Throughput:
+    runs = [throughput(make_calls(repetition), server_pid) for repetition in range(REPETITIONS)]
+    return min(runs, key=lambda run: abs(run.per_second - statistics.median(r.per_second for r in runs)))
+
+
+# -- fraud data --------------------------------------------------------------------------------
+def processed_rows(work: Path, dataset: str) -> list[dict[str, str]]:
+    """The raw CSV put through the pipeline's own processing script: feature group records."""
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "include" / "jobs" / "preprocess.py"), "--dataset", dataset,
+         "--input-dir", str(REPO_ROOT / "data"), "--output-dir", str(work)],
+        check=True, capture_output=True,
+    )
+    with (work / f"{dataset}.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def create_feature_group(sagemaker: Any, dataset: str, name: str) -> dict[str, Any]:
+    sagemaker.create_feature_group(
+        FeatureGroupName=name,
+        RecordIdentifierFeatureName=schema.RECORD_IDENTIFIER,
+        EventTimeFeatureName=schema.EVENT_TIME,
+        FeatureDefinitions=schema.feature_definitions(dataset),
+        OnlineStoreConfig={"EnableOnlineStore": True},
+        OfflineStoreConfig={"S3StorageConfig": {"S3Uri": f"s3://{BUCKET}/featurestore"}},
+        RoleArn=DEFAULT_ROLE_ARN,
+    )
+    deadline = time.monotonic() + 60
+    while (group := sagemaker.describe_feature_group(FeatureGroupName=name))["FeatureGroupStatus"] == "Creating":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"feature group {name} still Creating after 60 s")
+        time.sleep(0.1)
+    if group["FeatureGroupStatus"] != "Created":
+        raise RuntimeError(f"feature group {name}: {group.get('FailureReason')}")
+    return group
+
+
+def put_calls(featurestore: Any, group: str, rows: list[dict[str, str]]) -> list[Callable[[], Any]]:
+    def put(row: dict[str, str]) -> Callable[[], Any]:
+        record = [{"FeatureName": k, "ValueAsString": v} for k, v in row.items()]
+        return lambda: featurestore.put_record(FeatureGroupName=group, Record=record)
+
+    return [put(row) for row in rows]
+
+
+def athena_seconds(athena: Any, sql: str) -> tuple[float, str]:
+    """Seconds from StartQueryExecution to SUCCEEDED, and the query id."""
+    started = time.perf_counter()
+    query_id = athena.start_query_execution(
+        QueryString=sql, QueryExecutionContext={"Database": "sagemaker_featurestore"},
+        ResultConfiguration={"OutputLocation": f"s3://{BUCKET}/athena/"},
+    )["QueryExecutionId"]
+    while True:
+        status = athena.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Status"]
+        if status["State"] == "SUCCEEDED":
+            return time.perf_counter() - started, query_id
+        if status["State"] in ("FAILED", "CANCELLED"):
+            raise RuntimeError(f"query {status['State']}: {status.get('StateChangeReason')}")
+        time.sleep(0.005)
+
+
+def count_rows(athena: Any, table: str) -> int:
+    _, query_id = athena_seconds(athena, f'SELECT count(*) FROM "{table}"')
+    rows = athena.get_query_results(QueryExecutionId=query_id)["ResultSet"]["Rows"]
+    return int(rows[1]["Data"][0]["VarCharValue"])
+
+
+def join_sql(claims_table: str, customers_table: str) -> str:
+    """The dataset query of the pipeline: label and features, one row per policy."""
+    claims = ", ".join(f'c."{name}"' for name in (schema.LABEL, *schema.CLAIMS_FEATURES))
+    customers = ", ".join(f'cu."{name}"' for name in schema.CUSTOMERS_FEATURES)
+    return (f'SELECT {claims}, {customers} FROM "{claims_table}" c '
+            f'LEFT JOIN "{customers_table}" cu ON c.policy_id = cu.policy_id')
+
+
+def deploy_endpoint(url: str, claims: list[dict[str, str]], customers: list[dict[str, str]]) -> tuple[str, list[str]]:
+    """Train a tiny XGBoost model on the fraud features and serve it; returns the endpoint name
+    and feature rows as CSV lines for invocations."""
+    import xgboost  # imported here: only this measurement needs it
+    from sagemaker.core import image_uris
+
+    by_policy = {row[schema.RECORD_IDENTIFIER]: row for row in customers}
+    joined = [{**row, **by_policy[row[schema.RECORD_IDENTIFIER]]} for row in claims]
+    features = [[float(row[name]) for name in schema.FEATURE_COLUMNS] for row in joined]
+    labels = [float(row[schema.LABEL]) for row in joined]
+    booster = xgboost.train({"max_depth": 3, "eta": 0.2, "objective": "binary:logistic"},
+                            xgboost.DMatrix(features, label=labels), num_boost_round=20)
+    with tempfile.TemporaryDirectory() as work:
+        model_file = Path(work) / "xgboost-model"
+        booster.save_model(str(model_file))
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            tar.add(model_file, arcname="xgboost-model")
+    client(url, "s3").put_object(Bucket=BUCKET, Key="model/model.tar.gz", Body=archive.getvalue())
+    sagemaker = client(url, "sagemaker")
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    image = image_uris.retrieve(framework="xgboost", region=REGION, version=XGBOOST_VERSION)
+    sagemaker.create_model(ModelName=name, ExecutionRoleArn=DEFAULT_ROLE_ARN,
+                           PrimaryContainer={"Image": image, "ModelDataUrl": f"s3://{BUCKET}/model/model.tar.gz"})
+    sagemaker.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": "ml.m5.large",
+    }])
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    deadline = time.monotonic() + ENDPOINT_TIMEOUT_SECONDS
+    while (endpoint := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] != "InService":
+        if endpoint["EndpointStatus"] == "Failed" or time.monotonic() > deadline:
+            raise RuntimeError(f"endpoint {endpoint['EndpointStatus']}: {endpoint.get('FailureReason')}")
+        time.sleep(0.2)
+    lines = [",".join(repr(value) for value in row) for row in features]
+    return name, lines
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+def run(work: Path) -> list[Row]:
+    claims, customers = processed_rows(work, "claims")[:RECORDS], processed_rows(work, "customers")[:RECORDS]
+    rows: list[Row] = []
+    with local_cloud(work / "state") as (url, process):
+        sts = client(url, "sts")
+        sts_p50, sts_p99 = median_latency(sts.get_caller_identity, LATENCY_CALLS)
+        sts_rate = median_throughput(lambda _: [sts.get_caller_identity] * RECORDS, process.pid)
+        rows += [
+            Row("baseline: sts GetCallerIdentity p50 / p99", sts_p50, "ms", note=f"p99 {sts_p99:.2f} ms"),
+            Row(f"baseline: sts GetCallerIdentity calls/s ({CLIENT_THREADS} threads)", sts_rate.per_second, "/s",
+                note=f"CPU/call: client {sts_rate.client_cpu_ms:.2f} ms, server {sts_rate.server_cpu_ms:.2f} ms"),
+        ]
+
+        client(url, "s3").create_bucket(Bucket=BUCKET)
+        sagemaker, featurestore = client(url, "sagemaker"), client(url, "sagemaker-featurestore-runtime")
+        groups = [create_feature_group(sagemaker, "claims", f"bench-claims-{r}") for r in range(REPETITIONS)]
+        customers_group = create_feature_group(sagemaker, "customers", "bench-customers")
+        put = median_throughput(lambda r: put_calls(featurestore, groups[r]["FeatureGroupName"], claims), process.pid)
+        rows.append(Row(f"PutRecord records/s ({CLIENT_THREADS} threads, {RECORDS} claims)", put.per_second, "/s",
+                        ">= 2000", put.per_second >= 2000, f"{put.per_second / sts_rate.per_second:.2f}x",
+                        f"CPU/call: client {put.client_cpu_ms:.2f} ms, server {put.server_cpu_ms:.2f} ms"
+                        f" (one core each: at most {1000 / put.client_cpu_ms:,.0f}/s and {1000 / put.server_cpu_ms:,.0f}/s)"))
+        throughput(put_calls(featurestore, customers_group["FeatureGroupName"], customers), process.pid)
+
+        # The join waits for the offline store to hold every record: GetRecord is then measured
+        # without offline writes going on.
+        join = measure_join(url, groups[0], customers_group)
+        claims_name = groups[0]["FeatureGroupName"]
+        policy_ids = [row[schema.RECORD_IDENTIFIER] for row in claims]
+        get_p50, get_p99 = median_latency(lambda: featurestore.get_record(
+            FeatureGroupName=claims_name, RecordIdentifierValueAsString=random.choice(policy_ids)), LATENCY_CALLS)
+        rows.append(Row("GetRecord p99", get_p99, "ms", "< 5", get_p99 < 5, f"{get_p99 / sts_p99:.2f}x",
+                        f"p50 {get_p50:.2f} ms ({get_p50 / sts_p50:.2f}x baseline)"))
+        rows.append(join)
+        rows += measure_endpoint(url, claims, customers, sts_p50, sts_p99)
+    return rows
+
+
+def measure_join(url: str, claims_group: dict[str, Any], customers_group: dict[str, Any]) -> Row:
+    athena = client(url, "athena")
+    claims_table = claims_group["OfflineStoreConfig"]["DataCatalogConfig"]["TableName"]
+    customers_table = customers_group["OfflineStoreConfig"]["DataCatalogConfig"]["TableName"]
+    # The journal is flushed in order: once the last group ingested is complete, all are.
+    deadline = time.monotonic() + OFFLINE_TIMEOUT_SECONDS
+    while count_rows(athena, customers_table) < RECORDS:
+        if time.monotonic() > deadline:
+            return Row("Athena claims LEFT JOIN customers", None, "s", "< 1", False,
+                       note="the offline store did not hold every record in time")
+        time.sleep(0.5)
+    sql = join_sql(claims_table, customers_table)
+    first, query_id = athena_seconds(athena, sql)  # loads the claims table from S3
+    result_rows = sum(len(p["ResultSet"]["Rows"]) for p in
+                      athena.get_paginator("get_query_results").paginate(QueryExecutionId=query_id)) - 1
+    warm = statistics.median(athena_seconds(athena, sql)[0] for _ in range(JOIN_RUNS))
+    return Row(f"Athena claims LEFT JOIN customers ({RECORDS} + {RECORDS})", warm, "s", "< 1", warm < 1,
+               note=f"{result_rows} rows; first run (tables loaded from S3) {first:.3f} s")
+
+
+def measure_endpoint(url: str, claims: list[dict[str, str]], customers: list[dict[str, str]],
+                     sts_p50: float, sts_p99: float) -> list[Row]:
+    names = ("InvokeEndpoint p99 (one row)", f"InvokeEndpoint rows/s ({BATCH_ROWS}-row batches)")
+    try:
+        endpoint, lines = deploy_endpoint(url, claims, customers)
+        runtime = client(url, "sagemaker-runtime")
+
+        def invoke(body: str) -> Callable[[], Any]:
+            return lambda: runtime.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Body=body)["Body"].read()
+
+        one_p50, one_p99 = median_latency(invoke(lines[0]), INVOKE_CALLS)
+        batch = "\n".join(lines[:BATCH_ROWS])
+        batch_ms = statistics.median(statistics.median(latencies(invoke(batch), BATCH_CALLS)) for _ in range(REPETITIONS))
+        rate = BATCH_ROWS / (batch_ms / 1000)
+    except Exception as exc:  # hosting may not be there yet: say why, measure the rest
+        note = f"n/a: {type(exc).__name__}: {exc}"[:200]
+        return [Row(names[0], None, "ms", "< 10", False, note=note), Row(names[1], None, "/s", ">= 20000", False)]
+    return [
+        Row(names[0], one_p99, "ms", "< 10", one_p99 < 10, f"{one_p99 / sts_p99:.2f}x",
+            f"p50 {one_p50:.2f} ms ({one_p50 / sts_p50:.2f}x baseline)"),
+        Row(names[1], rate, "/s", ">= 20000", rate >= 20000, note=f"{batch_ms:.1f} ms per {BATCH_ROWS}-row call"),
+    ]
+
+
+def render(rows: list[Row]) -> str:
+    header = ("metric", "measured", "target", "ok", "vs baseline", "notes")
+    table = [header] + [
+        (row.metric, "n/a" if row.value is None else f"{row.value:,.{0 if row.unit == '/s' else 3}f} {row.unit}",
+         row.target and f"{row.target} {row.unit}", {True: "yes", False: "NO", None: ""}[row.met], row.ratio, row.note)
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
+                     for line in table)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="localcloud-bench-") as work:
+        rows = run(Path(work))
+    print(f"Local cloud benchmark: {os.cpu_count()} cores, local cloud in its own process, "
+          f"median of {REPETITIONS} runs where it applies")
+    print(render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
