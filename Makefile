@@ -6,7 +6,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv cloud run test test-fast lint bench bench-cloud clean
+.PHONY: venv cloud run test test-fast lint bench bench-cloud clean up down status logs
 
 venv: $(VENV)/.installed
 
@@ -19,6 +19,21 @@ $(VENV)/.installed: requirements.txt constraints.txt
 ## Serve the local cloud in the foreground on 127.0.0.1:$(LOCALCLOUD_PORT).
 cloud: venv
 	$(BIN)/python -m include.localcloud
+
+## The dev stack as local processes (no Docker needed): the local cloud, the Airflow UI and REST API
+## on http://127.0.0.1:8080 (login from .env), scheduler, DAG processor, triggerer. State in .airflow/.
+up: venv
+	$(BIN)/python -m include.stack up
+
+## Stop exactly what make up started.
+down: venv
+	$(BIN)/python -m include.stack down
+
+status: venv
+	$(BIN)/python -m include.stack status
+
+logs: venv
+	$(BIN)/python -m include.stack logs
 
 lint: venv
 	$(BIN)/ruff check .

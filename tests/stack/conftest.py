@@ -1,0 +1,107 @@
+"""The process stack (`make up`) of a test: its own state directories, ports and .env under a
+temporary folder, started and stopped through `python -m include.stack` like make does."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dotenv import dotenv_values
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "fraud_detection"
+API_TIMEOUT = 120  # seconds: one API server worker on a busy 2-core machine can be slow to answer
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class ProcessStack:
+    root: Path  # holds the stack's home, the local cloud's state and its .env
+    env: dict[str, str]
+
+    @classmethod
+    def in_folder(cls, root: Path) -> ProcessStack:
+        env = {
+            **os.environ,
+            "STACK_HOME": str(root / "airflow"),
+            "LOCALCLOUD_STATE": str(root / "localcloud"),
+            "STACK_ENV_FILE": str(root / ".env"),
+            "STACK_API_PORT": str(free_port()),
+            "LOCALCLOUD_PORT": str(free_port()),
+        }
+        return cls(root, env)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.env["STACK_HOME"])
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['STACK_API_PORT']}"
+
+    @property
+    def cloud_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['LOCALCLOUD_PORT']}"
+
+    def run(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """python -m include.stack <command>, as make runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "include.stack", command],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def login(self) -> tuple[str, str]:
+        values = dotenv_values(self.root / ".env")
+        return values["_AIRFLOW_WWW_USER_USERNAME"] or "", values["_AIRFLOW_WWW_USER_PASSWORD"] or ""
+
+    def api(self) -> httpx.Client:
+        """A client of the REST API (/api/v2) holding a JWT from /auth/token."""
+        username, password = self.login()
+        answer = httpx.post(
+            f"{self.api_url}/auth/token", json={"username": username, "password": password}, timeout=API_TIMEOUT
+        )
+        answer.raise_for_status()
+        token = answer.json()["access_token"]
+        return httpx.Client(
+            base_url=f"{self.api_url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=API_TIMEOUT
+        )
+
+
+def wait_for_dag(api: httpx.Client, dag_id: str, timeout: float = 180) -> dict[str, Any]:
+    """The DAG as the API serves it once the DAG processor has parsed it; fails on import errors."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        errors = api.get("/importErrors").json()["import_errors"]
+        assert not errors, f"DAG import errors: {errors}"
+        answer = api.get(f"/dags/{dag_id}")
+        if answer.status_code == 200:
+            return answer.json()
+        time.sleep(2)
+    raise AssertionError(f"{dag_id} not parsed within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
+    """One running process stack for the slow tests: up before, down after."""
+    running = ProcessStack.in_folder(tmp_path_factory.mktemp("stack"))
+    started = running.run("up")
+    if started.returncode != 0:
+        running.run("down")
+        pytest.fail(f"make up failed:\n{started.stdout}\n{started.stderr}")
+    yield running
+    stopped = running.run("down")
+    assert stopped.returncode == 0, stopped.stderr

@@ -1,0 +1,134 @@
+"""The process stack end to end: fraud_detection triggered through Airflow's REST API with
+non-default params runs to success on the local cloud, and the endpoint it deploys answers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from include.pipeline.settings import Settings
+from tests.stack.conftest import DAG_ID, ProcessStack, wait_for_dag
+
+RUN_TIMEOUT_SECONDS = 1800
+# Non-default params: no tuning, approval decided by the gates, which a working model passes.
+PARAMS = {
+    "prefix": "e2e-fraud",
+    "endpoint_name": "e2e-fraud-endpoint",
+    "tuning": False,
+    "auto_approve": True,
+    "min_test_auc": 0.7,
+    "max_abs_dppl": 0.2,
+}
+
+
+def aws(stack: ProcessStack, service: str) -> Any:
+    return boto3.session.Session().client(
+        service, region_name="us-east-1", endpoint_url=stack.cloud_url,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+
+
+def log_text(entries: list[Any]) -> str:
+    """Airflow's structured task log as text: each event, and the exceptions it carries."""
+    lines = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            lines.append(str(entry))
+            continue
+        lines.append(str(entry.get("event", "")))
+        for error in entry.get("error_detail") or []:
+            lines.append(f"{error.get('exc_type')}: {error.get('exc_value')}")
+    return "\n".join(lines)
+
+
+def failed_task_logs(api: httpx.Client, run_id: str) -> str:
+    """The end of the log of each failed task of a run, to say why it failed."""
+    failed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"state": ["failed"]}).json()
+    reports = []
+    for instance in failed["task_instances"]:
+        log = api.get(
+            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{instance['task_id']}/logs/{instance['try_number']}"
+        ).json()
+        reports.append(f"--- {instance['task_id']}:\n" + "\n".join(log_text(log["content"]).splitlines()[-40:]))
+    return "\n".join(reports) or "no failed task"
+
+
+def wait_for_run(api: httpx.Client, run_id: str, timeout: float = RUN_TIMEOUT_SECONDS) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(5)
+    raise AssertionError(f"run {run_id} not finished after {timeout} s")
+
+
+def task_states(api: httpx.Client, run_id: str) -> dict[str, str]:
+    answer = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100}).json()
+    return {instance["task_id"]: instance["state"] for instance in answer["task_instances"]}
+
+
+@pytest.mark.slow
+def test_rest_api_refuses_invalid_params_naming_them(stack: ProcessStack) -> None:
+    with stack.api() as api:
+        wait_for_dag(api, DAG_ID)
+        runs_before = api.get(f"/dags/{DAG_ID}/dagRuns").json()["total_entries"]
+        for conf, named in (
+            ({"prefix": "Not_A_Prefix"}, "prefix"),
+            ({"tuning_max_jobs": 0}, "tuning_max_jobs"),
+            ({"approval_status": "Maybe"}, "approval_status"),
+            ({"auto_approve": "yes"}, "auto_approve"),
+        ):
+            refused = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+            assert refused.status_code == 400, refused.text
+            assert f"Invalid input for param {named}:" in refused.json()["detail"]
+        assert api.get(f"/dags/{DAG_ID}/dagRuns").json()["total_entries"] == runs_before
+
+
+@pytest.mark.slow
+def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> None:
+    with stack.api() as api:
+        wait_for_dag(api, DAG_ID)
+        triggered = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": PARAMS})
+        assert triggered.status_code == 200, triggered.text
+        run_id = triggered.json()["dag_run_id"]
+        state = wait_for_run(api, run_id)
+        assert state == "success", failed_task_logs(api, run_id)
+        states = task_states(api, run_id)
+        assert api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["conf"] == PARAMS
+    # Tuning off: the tuning job was skipped and the baseline went forward; auto-approve: deployed.
+    assert states["train.tune"] == "skipped" and states["train.train_baseline"] == "success"
+    assert states["deploy.deploy_endpoint"] == states["deploy.smoke_test"] == "success"
+    sagemaker = aws(stack, "sagemaker")
+    assert not sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
+    packages = sagemaker.list_model_packages(ModelPackageGroupName=PARAMS["prefix"])["ModelPackageSummaryList"]
+    assert [package["ModelApprovalStatus"] for package in packages] == ["Approved"]
+    assert sagemaker.describe_endpoint(EndpointName=PARAMS["endpoint_name"])["EndpointStatus"] == "InService"
+
+    # The endpoint scores the run's test set (label first, then the features) like the model did.
+    s3 = aws(stack, "s3")
+    bucket = Settings.from_env().bucket
+    keys = [
+        item["Key"]
+        for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PARAMS['prefix']}/runs/")["Contents"]
+        if item["Key"].endswith("/dataset/test/test.csv")
+    ]
+    assert len(keys) == 1
+    rows = list(csv.reader(io.StringIO(s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode())))
+    labels = [int(float(row[0])) for row in rows]
+    body = "\n".join(",".join(row[1:]) for row in rows)
+    answer = aws(stack, "sagemaker-runtime").invoke_endpoint(
+        EndpointName=PARAMS["endpoint_name"], ContentType="text/csv", Body=body.encode()
+    )
+    text = answer["Body"].read().decode()
+    probabilities = [float(value) for value in text.replace(",", "\n").split()]
+    assert len(probabilities) == len(rows)
+    assert all(0 <= probability <= 1 for probability in probabilities)
+    assert roc_auc_score(labels, probabilities) >= PARAMS["min_test_auc"]
