@@ -35,6 +35,11 @@ status: venv
 logs: venv
 	$(BIN)/python -m include.stack logs
 
+## The fraud_detection DAG end to end on the local cloud (started when not running; it stays up).
+## Override params with CONF, e.g. make run CONF='{"tuning_max_jobs": 4}'.
+run: venv
+	$(BIN)/python -m include.local_run '$(CONF)'
+
 lint: venv
 	$(BIN)/ruff check .
 

@@ -198,7 +198,7 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 # -- up ------------------------------------------------------------------------------------------
-def _start(config: StackConfig, service: Service, environment: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_service(config: StackConfig, service: Service, environment: dict[str, str]) -> subprocess.Popen[bytes]:
     with log_file(config, service.name).open("ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} make up starts {service.name}\n".encode())
         log.flush()
@@ -238,7 +238,7 @@ def _get_json(url: str) -> dict | None:
         return None
 
 
-def _local_cloud_answers(config: StackConfig) -> bool:
+def local_cloud_answers(config: StackConfig) -> bool:
     try:
         with urllib.request.urlopen(f"{config.cloud_url}/", timeout=5) as response:
             return response.status == 200
@@ -288,11 +288,11 @@ def up(config: StackConfig) -> None:
     _migrate_database(config, environment)
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        started["localcloud"] = _start(config, SERVICES[0], environment)
-        _wait(config, started, f"The local cloud on {config.cloud_url}", lambda: _local_cloud_answers(config))
+        started["localcloud"] = start_service(config, SERVICES[0], environment)
+        _wait(config, started, f"The local cloud on {config.cloud_url}", lambda: local_cloud_answers(config))
         print(f"Local cloud ready on {config.cloud_url} (state in {config.cloud_state}).", flush=True)
         for service in SERVICES[1:]:
-            started[service.name] = _start(config, service, environment)
+            started[service.name] = start_service(config, service, environment)
         print("Starting Airflow: api-server, scheduler, dag-processor, triggerer...", flush=True)
         _wait(config, started, "Airflow", lambda: not _unhealthy_components(config.api_url))
     except BaseException:

@@ -1,0 +1,307 @@
+"""`make run`: the fraud_detection DAG end to end on this machine, against the local cloud.
+
+Starts the local cloud when it is not running (it stays up afterwards, so the endpoint can be
+called), runs the DAG with `airflow dags test` (Airflow metadata in SQLite under .airflow/make-run),
+shows each task as it starts and ends, then prints a short summary and writes
+reports/latest/summary.json and reports/latest/report.html. Params are overridden with CONF, e.g.
+`make run CONF='{"tuning_max_jobs": 4}'`. Airflow runs as a command, never imported here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from include.report import Edge, bias_metrics, build_report
+from include.stack.config import PROJECT_DIR, StackConfig, load_config
+from include.stack.supervisor import (
+    LOCAL_CLOUD_REGION,
+    SERVICES,
+    local_cloud_answers,
+    local_cloud_connection,
+    start_service,
+)
+
+DAG_ID = "fraud_detection"
+# make run deploys: the run registers its package as Approved when the quality gates pass.
+DEFAULT_CONF = {"auto_approve": True}
+# Job status is checked every second and job logs aren't tailed (the provider then polls only
+# every 30 s); the run's jobs still log to CloudWatch Logs.
+PIPELINE_SETTINGS = {"FRAUD_CHECK_INTERVAL": "1", "FRAUD_PRINT_JOB_LOGS": "false"}
+REPORT_DIR = PROJECT_DIR / "reports" / "latest"
+POLL_SECONDS = 0.5
+CLOUD_START_TIMEOUT_SECONDS = 120
+
+
+class RunError(Exception):
+    """Something the user must fix; the message says what."""
+
+
+def airflow_home(config: StackConfig) -> Path:
+    # Not the dev stack's database: its scheduler would pick up this run's tasks too.
+    return config.home / "make-run"
+
+
+def airflow_environment(config: StackConfig) -> dict[str, str]:
+    home = airflow_home(config)
+    environment = dict(os.environ)
+    environment.update(PIPELINE_SETTINGS)
+    environment.update(
+        {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_AWS_DEFAULT": local_cloud_connection(config),
+            "AWS_REGION": LOCAL_CLOUD_REGION,
+            "AWS_DEFAULT_REGION": LOCAL_CLOUD_REGION,
+            "LOCALCLOUD_PORT": str(config.cloud_port),
+            "LOCALCLOUD_STATE": str(config.cloud_state),
+        }
+    )
+    return environment
+
+
+def ensure_local_cloud(config: StackConfig) -> None:
+    """Use the local cloud on LOCALCLOUD_PORT, or start one that outlives this run (make down stops it)."""
+    if local_cloud_answers(config):
+        print(f"Local cloud: already running on {config.cloud_url}.", flush=True)
+        return
+    for folder in (config.run_dir, config.log_dir, config.cloud_state):
+        folder.mkdir(parents=True, exist_ok=True)
+    environment = airflow_environment(config)
+    process = start_service(config, SERVICES[0], environment)
+    deadline = time.monotonic() + CLOUD_START_TIMEOUT_SECONDS
+    while not local_cloud_answers(config):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RunError(
+                f"The local cloud did not start on {config.cloud_url}: see {config.log_dir / 'localcloud.log'}."
+            )
+        time.sleep(0.3)
+    print(f"Local cloud: started on {config.cloud_url} (state in {config.cloud_state}; make down stops it).",
+          flush=True)
+
+
+# -- the metadata database, read while the run goes ------------------------------------------------
+def _query(database: Path, sql: str, *args: Any) -> list[tuple]:
+    """Read-only; Airflow writes the same file, so a busy database is read again next poll."""
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=2) as connection:
+            return connection.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 2)
+
+
+def latest_run_id(database: Path) -> tuple[int, str] | None:
+    rows = _query(database, "SELECT id, run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", DAG_ID)
+    return rows[0] if rows else None
+
+
+def task_states(database: Path, run_id: str) -> dict[str, tuple[str | None, float | None]]:
+    rows = _query(
+        database,
+        "SELECT task_id, state, start_date, end_date FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        DAG_ID, run_id,
+    )
+    return {task_id: (state, _seconds(start, end)) for task_id, state, start, end in rows}
+
+
+def xcom(database: Path, run_id: str, task_id: str) -> Any:
+    rows = _query(
+        database,
+        "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ? AND key = 'return_value'",
+        DAG_ID, run_id, task_id,
+    )
+    if not rows or rows[0][0] is None:
+        return None
+    value = rows[0][0]
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def run_dag(config: StackConfig, conf: dict[str, Any]) -> tuple[str, str, dict[str, float]]:
+    """Run the DAG, printing task starts and ends; (run_id, state, task seconds)."""
+    environment = airflow_environment(config)
+    home = airflow_home(config)
+    home.mkdir(parents=True, exist_ok=True)
+    database = home / "airflow.db"
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = REPORT_DIR / "airflow.log"
+    with log_path.open("wb") as log:
+        migrated = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=environment,
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
+        if migrated.returncode != 0:
+            raise RunError(f"airflow db migrate failed: see {log_path}")
+        before = latest_run_id(database)
+        print(f"Running {DAG_ID} with conf {json.dumps(conf)} (Airflow output: {log_path})", flush=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+            env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR,
+        )
+        run_id, shown = None, {}
+        while True:
+            finished = process.poll() is not None
+            latest = latest_run_id(database)
+            if latest and latest != before:
+                run_id = latest[1]
+                for task_id, (state, seconds) in sorted(task_states(database, run_id).items()):
+                    if shown.get(task_id) != state and state in ("running", "success", "failed", "skipped",
+                                                                 "upstream_failed", "up_for_retry"):
+                        shown[task_id] = state
+                        timing = f" {seconds:6.1f} s" if seconds is not None and state != "running" else ""
+                        print(f"  {_mark(state)} {task_id:<48} {state}{timing}", flush=True)
+            if finished:
+                break
+            time.sleep(POLL_SECONDS)
+    if run_id is None:
+        raise RunError(f"The DAG run did not start: see the end of {log_path}:\n{_tail(log_path)}")
+    [(state,)] = _query(database, "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", DAG_ID, run_id)
+    seconds = {task: s for task, (_, s) in task_states(database, run_id).items() if s is not None}
+    return run_id, state, seconds
+
+
+def _mark(state: str) -> str:
+    return {"running": ">", "success": "+", "skipped": "-"}.get(state, "!")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    with path.open(errors="replace") as handle:
+        return "".join(deque(handle, maxlen=lines))
+
+
+# -- results, read back from the cloud the run used --------------------------------------------------
+def aws_client(config: StackConfig, service: str) -> Any:
+    connection = json.loads(local_cloud_connection(config))
+    return boto3.session.Session().client(
+        service,
+        region_name=connection["extra"]["region_name"],
+        endpoint_url=connection["extra"]["endpoint_url"],
+        aws_access_key_id=connection["login"],
+        aws_secret_access_key=connection["password"],
+    )
+
+
+def read_s3_json(s3: Any, uri: str) -> dict[str, Any]:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def lineage_edges(sagemaker: Any, endpoint_arn: str) -> list[Edge]:
+    """Every association upstream of the endpoint's lineage artifact, walked back to the raw data."""
+    artifacts = sagemaker.list_artifacts(SourceUri=endpoint_arn)["ArtifactSummaries"]
+    pending, seen, edges = [a["ArtifactArn"] for a in artifacts], set(), []
+    while pending:
+        arn = pending.pop()
+        if arn in seen:
+            continue
+        seen.add(arn)
+        for page in sagemaker.get_paginator("list_associations").paginate(DestinationArn=arn):
+            for association in page["AssociationSummaries"]:
+                edges.append({key: association.get(key, "") for key in (
+                    "SourceName", "SourceType", "AssociationType", "DestinationName", "DestinationType")})
+                pending.append(association["SourceArn"])
+    return edges
+
+
+def collect_results(config: StackConfig, run_id: str, state: str, seconds: dict[str, float]) -> tuple[dict, dict]:
+    """(summary, evaluation) of a finished run."""
+    database = airflow_home(config) / "airflow.db"
+    sagemaker, s3 = aws_client(config, "sagemaker"), aws_client(config, "s3")
+    summary: dict[str, Any] = {"dag_id": DAG_ID, "run_id": run_id, "state": state, "task_seconds": seconds}
+    package_arn = xcom(database, run_id, "registry.register")
+    evaluation: dict[str, Any] = {}
+    if package_arn:
+        package = sagemaker.describe_model_package(ModelPackageName=package_arn)
+        metrics = package["ModelMetrics"]
+        evaluation = read_s3_json(s3, metrics["ModelQuality"]["Statistics"]["S3Uri"])
+        pre = read_s3_json(s3, metrics["Bias"]["PreTrainingReport"]["S3Uri"])
+        post = read_s3_json(s3, metrics["Bias"]["PostTrainingReport"]["S3Uri"])
+        selected = xcom(database, run_id, "train.select_model") or {}
+        summary.update(
+            {
+                "baseline_test_auc": evaluation["baseline"]["binary_classification_metrics"]["auc"]["value"],
+                "test_auc": evaluation["binary_classification_metrics"]["auc"]["value"],
+                "test_pr_auc": evaluation["binary_classification_metrics"]["pr_auc"]["value"],
+                "best_hyperparameters": {
+                    k: v for k, v in selected.get("HyperParameters", {}).items() if not k.startswith("_")
+                },
+                "tuned": selected.get("Tuned"),
+                "pre_training_bias": bias_metrics(pre, "pre_training_bias_metrics"),
+                "post_training_bias": bias_metrics(post, "post_training_bias_metrics"),
+                "model_package_arn": package_arn,
+                "model_approval_status": package["ModelApprovalStatus"],
+            }
+        )
+    endpoint = (xcom(database, run_id, "deploy.deploy_endpoint") or {}).get("Endpoint")
+    summary["endpoint_name"] = endpoint["EndpointName"] if endpoint else None
+    summary["smoke_prediction"] = xcom(database, run_id, "deploy.smoke_test")
+    summary["lineage_edges"] = lineage_edges(sagemaker, endpoint["EndpointArn"]) if endpoint else []
+    return summary, evaluation
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    total = sum(summary["task_seconds"].values())
+    print(f"\n{summary['dag_id']} {summary['run_id']}: {summary['state']} ({total:.0f} s of task time)")
+    for key in ("baseline_test_auc", "test_auc", "test_pr_auc", "best_hyperparameters", "pre_training_bias",
+                "post_training_bias", "model_package_arn", "model_approval_status", "endpoint_name",
+                "smoke_prediction"):
+        if key in summary:
+            value = summary[key]
+            print(f"  {key:<22} {value:.4f}" if isinstance(value, float) else f"  {key:<22} {value}")
+    print(f"  {'lineage_edges':<22} {len(summary['lineage_edges'])} associations")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        conf = {**DEFAULT_CONF, **json.loads(argv[0] if argv and argv[0].strip() else "{}")}
+    except json.JSONDecodeError as error:
+        print(f"CONF is not a JSON object: {error}", file=sys.stderr)
+        return 2
+    config = load_config()
+    try:
+        ensure_local_cloud(config)
+        started = time.monotonic()
+        run_id, state, seconds = run_dag(config, conf)
+        wall = round(time.monotonic() - started, 1)
+        summary, evaluation = collect_results(config, run_id, state, seconds)
+    except RunError as error:
+        print(error, file=sys.stderr)
+        return 1
+    summary["wall_seconds"] = wall
+    (REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
+    if evaluation:
+        report = build_report(summary, evaluation, summary["pre_training_bias"], summary["post_training_bias"],
+                              summary["lineage_edges"])
+        (REPORT_DIR / "report.html").write_text(report)
+    print_summary(summary)
+    print(f"\nWall time {wall} s. Written: {REPORT_DIR / 'summary.json'}"
+          + (f", {REPORT_DIR / 'report.html'}" if evaluation else ""))
+    if summary.get("endpoint_name"):
+        print(f"The local cloud stays up on {config.cloud_url}: call the endpoint with\n"
+              f"  aws --endpoint-url {config.cloud_url} sagemaker-runtime invoke-endpoint --endpoint-name "
+              f"{summary['endpoint_name']} --content-type text/csv --body fileb://<row.csv> /dev/stdout")
+    if state != "success":
+        print(f"The run ended {state}: see {REPORT_DIR / 'airflow.log'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
