@@ -1,4 +1,5 @@
-"""Shared fixtures: an in-process local cloud on a free port, and boto3 clients of it."""
+"""Shared fixtures: an in-process local cloud on a free port, and boto3 clients of it. Airflow's
+configuration (a throwaway AIRFLOW_HOME) is set first: Airflow reads it once, when imported."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import pytest
 from botocore.config import Config
 
 from include.localcloud.server import LocalCloud
+from tests.airflow_env import configure
 
 REGION = "us-east-1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure()  # before any test module imports Airflow
 
 
 def make_client(cloud: LocalCloud, service: str, region: str = REGION, **config: Any) -> Any:

@@ -1,0 +1,125 @@
+"""The one settings object of the fraud pipeline: where it runs and with what, from environment
+variables with defaults that work against the local cloud. Which cloud answers is NOT decided
+here: that is the Airflow AWS connection's job (aws_default, with endpoint_url for the local cloud).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOBS_DIR = REPO_ROOT / "include" / "jobs"
+DATA_DIR = REPO_ROOT / "data"
+
+# The local cloud's account (moto's default); a real deployment sets FRAUD_EXECUTION_ROLE_ARN.
+DEFAULT_ROLE_ARN = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
+SKLEARN_VERSION = "1.2-1"
+XGBOOST_VERSION = "1.7-1"
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name} must be true or false, got {value!r}")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name) or str(default)
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str = "us-east-1"
+    bucket: str = "sagemaker-fraud-detection"
+    role_arn: str = DEFAULT_ROLE_ARN
+    prefix: str = "fraud-detection"
+    # Cron expression of the scheduled runs; None: runs start only on demand and on raw-data updates.
+    schedule: str | None = None
+    claims_file: str = str(DATA_DIR / "claims.csv")
+    customers_file: str = str(DATA_DIR / "customers.csv")
+    upload_raw_data: bool = True
+    jobs_dir: str = str(JOBS_DIR)
+    processing_instance_type: str = "ml.m5.xlarge"
+    training_instance_type: str = "ml.m5.xlarge"
+    endpoint_instance_type: str = "ml.m5.large"
+    endpoint_name: str = "fraud-detection"
+    athena_workgroup: str = "primary"
+    # Seconds between status checks of jobs, endpoints and queries.
+    check_interval: int = 2
+    # Tail training jobs' CloudWatch logs into the task log. The provider then checks the job's
+    # status only every 30 s, which a local run notices.
+    print_job_logs: bool = True
+    task_retries: int = 2
+    retry_delay_seconds: int = 30
+    ingest_workers: int = 8
+    tags: dict[str, str] = field(default_factory=lambda: {"project": "fraud-detection"})
+
+    @property
+    def retry_args(self) -> dict[str, Any]:
+        """The DAGs' default_args for retries."""
+        return {"retries": self.task_retries, "retry_delay": timedelta(seconds=self.retry_delay_seconds)}
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        defaults = cls()
+        return cls(
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or defaults.region,
+            bucket=os.environ.get("FRAUD_BUCKET") or defaults.bucket,
+            role_arn=os.environ.get("FRAUD_EXECUTION_ROLE_ARN") or defaults.role_arn,
+            prefix=os.environ.get("FRAUD_PREFIX") or defaults.prefix,
+            schedule=os.environ.get("FRAUD_DETECTION_SCHEDULE") or None,
+            claims_file=os.environ.get("FRAUD_CLAIMS_FILE") or defaults.claims_file,
+            customers_file=os.environ.get("FRAUD_CUSTOMERS_FILE") or defaults.customers_file,
+            upload_raw_data=_env_flag("FRAUD_UPLOAD_RAW_DATA", defaults.upload_raw_data),
+            processing_instance_type=os.environ.get("FRAUD_PROCESSING_INSTANCE_TYPE")
+            or defaults.processing_instance_type,
+            training_instance_type=os.environ.get("FRAUD_TRAINING_INSTANCE_TYPE")
+            or defaults.training_instance_type,
+            endpoint_instance_type=os.environ.get("FRAUD_ENDPOINT_INSTANCE_TYPE")
+            or defaults.endpoint_instance_type,
+            endpoint_name=os.environ.get("FRAUD_ENDPOINT_NAME") or defaults.endpoint_name,
+            athena_workgroup=os.environ.get("FRAUD_ATHENA_WORKGROUP") or defaults.athena_workgroup,
+            check_interval=_env_int("FRAUD_CHECK_INTERVAL", defaults.check_interval),
+            print_job_logs=_env_flag("FRAUD_PRINT_JOB_LOGS", defaults.print_job_logs),
+            task_retries=_env_int("FRAUD_TASK_RETRIES", defaults.task_retries),
+            retry_delay_seconds=_env_int("FRAUD_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds),
+            ingest_workers=_env_int("FRAUD_INGEST_WORKERS", defaults.ingest_workers),
+        )
+
+    # Image URIs are resolved per region by the SageMaker SDK (no AWS call: a bundled table).
+    @cached_property
+    def sklearn_image(self) -> str:
+        return _image_uri("sklearn", self.region, SKLEARN_VERSION)
+
+    @cached_property
+    def xgboost_image(self) -> str:
+        return _image_uri("xgboost", self.region, XGBOOST_VERSION)
+
+    @cached_property
+    def clarify_image(self) -> str:
+        return _image_uri("clarify", self.region, None)
+
+    def raw_data_uri(self, dataset: str, prefix: str | None = None) -> str:
+        """Where the raw CSV of "claims" or "customers" lives in S3: the raw-data asset."""
+        return f"s3://{self.bucket}/{prefix or self.prefix}/raw/{dataset}.csv"
+
+
+def _image_uri(framework: str, region: str, version: str | None) -> str:
+    # Imported here: the SDK takes over a second to import and only configs need it.
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(framework=framework, region=region, version=version)
