@@ -69,3 +69,14 @@ def test_state_survives_restart(tmp_path) -> None:
             ResourceArn="arn:aws:sagemaker:us-east-1:123456789012:model/m"
         )["Tags"]
         assert tags == [{"Key": "a", "Value": "b"}]
+
+
+def test_empty_upload_does_not_hang(aws, tmp_path) -> None:
+    # botocore sends "Expect: 100-continue" even for an empty body; the server must not wait for one.
+    s3 = aws("s3", read_timeout=5)
+    s3.create_bucket(Bucket="empty-uploads")
+    empty = tmp_path / "__init__.py"
+    empty.write_bytes(b"")
+    s3.upload_file(str(empty), "empty-uploads", "code/__init__.py")
+    s3.put_object(Bucket="empty-uploads", Key="code/empty", Body=b"")
+    assert s3.head_object(Bucket="empty-uploads", Key="code/__init__.py")["ContentLength"] == 0
