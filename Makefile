@@ -6,7 +6,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv cloud run test test-fast lint bench bench-cloud clean up down status logs
+.PHONY: venv cloud run test test-fast lint bench bench-cloud bench-run clean up down status logs
 
 venv: $(VENV)/.installed
 
@@ -50,8 +50,14 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
+## Benchmarks print tables of medians: the local cloud's APIs, and the whole DAG run.
+bench: bench-cloud bench-run
+
 bench-cloud: venv
 	$(BIN)/python -m include.localcloud.bench
+
+bench-run: venv
+	$(BIN)/python -m include.bench_run
 
 clean:
 	rm -rf $(LOCALCLOUD_STATE) reports .pytest_cache

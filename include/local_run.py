@@ -136,7 +136,7 @@ def xcom(database: Path, run_id: str, task_id: str) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def run_dag(config: StackConfig, conf: dict[str, Any]) -> tuple[str, str, dict[str, float]]:
+def run_dag(config: StackConfig, conf: dict[str, Any], show_tasks: bool = True) -> tuple[str, str, dict[str, float]]:
     """Run the DAG, printing task starts and ends; (run_id, state, task seconds)."""
     environment = airflow_environment(config)
     home = airflow_home(config)
@@ -162,7 +162,7 @@ def run_dag(config: StackConfig, conf: dict[str, Any]) -> tuple[str, str, dict[s
             if latest and latest != before:
                 run_id = latest[1]
                 for task_id, (state, seconds) in sorted(task_states(database, run_id).items()):
-                    if shown.get(task_id) != state and state in ("running", "success", "failed", "skipped",
+                    if show_tasks and shown.get(task_id) != state and state in ("running", "success", "failed", "skipped",
                                                                  "upstream_failed", "up_for_retry"):
                         shown[task_id] = state
                         timing = f" {seconds:6.1f} s" if seconds is not None and state != "running" else ""
@@ -247,6 +247,7 @@ def collect_results(config: StackConfig, run_id: str, state: str, seconds: dict[
                 "post_training_bias": bias_metrics(post, "post_training_bias_metrics"),
                 "model_package_arn": package_arn,
                 "model_approval_status": package["ModelApprovalStatus"],
+                "test_data_uri": package["CustomerMetadataProperties"]["test_data_uri"],
             }
         )
     endpoint = (xcom(database, run_id, "deploy.deploy_endpoint") or {}).get("Endpoint")

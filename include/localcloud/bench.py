@@ -252,7 +252,8 @@ def deploy_endpoint(url: str, claims: list[dict[str, str]], customers: list[dict
                             xgboost.DMatrix(features, label=labels), num_boost_round=20)
     with tempfile.TemporaryDirectory() as work:
         model_file = Path(work) / "xgboost-model"
-        booster.save_model(str(model_file))
+        booster.save_model(str(model_file.with_suffix(".ubj")))  # XGBoost's own (default) format
+        model_file.with_suffix(".ubj").rename(model_file)
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w:gz") as tar:
             tar.add(model_file, arcname="xgboost-model")

@@ -36,17 +36,18 @@ def create_group(
     features: list[dict[str, str]] | None = None,
     online: bool = True,
     offline: bool = True,
-    **extra: Any,
+    name: str | None = None,
+    bucket: str = BUCKET,
 ) -> dict[str, Any]:
     """A feature group made through the control plane, once Created; returns its description."""
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    name = name or f"{prefix}-{uuid.uuid4().hex[:8]}"
     try:
-        s3.create_bucket(Bucket=BUCKET)
+        s3.create_bucket(Bucket=bucket)
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
     config: dict[str, Any] = {"OnlineStoreConfig": {"EnableOnlineStore": online}}
     if offline:
-        config["OfflineStoreConfig"] = {"S3StorageConfig": {"S3Uri": f"s3://{BUCKET}/offline"}}
+        config["OfflineStoreConfig"] = {"S3StorageConfig": {"S3Uri": f"s3://{bucket}/offline"}}
     sagemaker.create_feature_group(
         FeatureGroupName=name,
         RecordIdentifierFeatureName="policy_id",
@@ -54,7 +55,6 @@ def create_group(
         FeatureDefinitions=features or FEATURES,
         RoleArn="arn:aws:iam::123456789012:role/featurestore",
         **config,
-        **extra,
     )
     deadline = time.monotonic() + 20
     while (description := sagemaker.describe_feature_group(FeatureGroupName=name))["FeatureGroupStatus"] == "Creating":
@@ -343,3 +343,29 @@ def test_records_survive_restart(tmp_path) -> None:
         found = fs.get_record(FeatureGroupName=group["FeatureGroupName"], RecordIdentifierValueAsString="19")
         assert as_dict(found["Record"]) == as_dict(claim(19, 5.0))
         assert read_offline(make_client(second, "s3"), group).num_rows == 20
+
+
+def test_a_group_created_again_starts_empty(aws, group) -> None:
+    fs, sagemaker = aws("sagemaker-featurestore-runtime"), aws("sagemaker")
+    name = group["FeatureGroupName"]
+    fs.put_record(FeatureGroupName=name, Record=claim(1, 5.0))
+    sagemaker.delete_feature_group(FeatureGroupName=name)
+    assert error_of(lambda: fs.get_record(FeatureGroupName=name, RecordIdentifierValueAsString="1"))
+    create_group(sagemaker, aws("s3"), name=name)
+    assert "Record" not in fs.get_record(FeatureGroupName=name, RecordIdentifierValueAsString="1")
+
+
+def test_offline_rows_wait_in_the_journal_until_s3_takes_them(tmp_path) -> None:
+    bucket = f"journal-{uuid.uuid4().hex[:8]}"  # moto's state is shared by every cloud in a process
+    with LocalCloud(tmp_path, port=0) as first:
+        s3 = make_client(first, "s3")
+        group = create_group(make_client(first, "sagemaker"), s3, bucket=bucket)
+        s3.delete_bucket(Bucket=bucket)  # the offline store cannot be written now
+        fs = make_client(first, "sagemaker-featurestore-runtime")
+        for policy_id in range(5):
+            fs.put_record(FeatureGroupName=group["FeatureGroupName"], Record=claim(policy_id, 5.0))
+        time.sleep(1.5)  # a flush or two fail meanwhile
+    with LocalCloud(tmp_path, port=0) as second:
+        s3 = make_client(second, "s3")
+        s3.create_bucket(Bucket=bucket)
+        wait_for(lambda: read_offline(s3, group).num_rows == 5)

@@ -29,7 +29,9 @@ DEFAULT_DATABASE = "default"
 WRITE_KEYWORDS = {"insert", "update", "delete", "merge", "unload"}
 DDL_KEYWORDS = {"create", "drop", "alter", "msck", "show", "describe", "desc", "use", "grant", "revoke"}
 UTILITY_KEYWORDS = {"explain", "prepare", "execute", "deallocate"}
-USER_ERROR, SYSTEM_ERROR = 2, 1  # Athena's ErrorCategory
+# Athena's error catalog: ErrorCategory 1 system, 2 user; ErrorType 1000 user error, 1001 data
+# error, 401 results not written to S3, 100 internal service error.
+USER_ERROR, SYSTEM_ERROR = 2, 1
 PRIMITIVE_TYPES = {
     "string": "VARCHAR", "varchar": "VARCHAR", "char": "VARCHAR", "int": "INTEGER", "integer": "INTEGER",
     "bigint": "BIGINT", "smallint": "SMALLINT", "tinyint": "TINYINT", "double": "DOUBLE", "float": "FLOAT",
@@ -38,7 +40,7 @@ PRIMITIVE_TYPES = {
 }
 _TYPE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _FIELD_NAME = re.compile(r"[^:<>,\s]+")
-_LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)*", re.DOTALL)
+_LEADING_COMMENTS = re.compile(r"^(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 
 
 class QueryFailed(Exception):

@@ -59,7 +59,8 @@ class AthenaResponse(JsonService):
         super().__init__(cloud)
         self._pool: ThreadPoolExecutor | None = None
         self._catalogs: dict[str, GlueCatalog] = {}
-        self._cursors: dict[str, duckdb.DuckDBPyConnection] = {}  # running queries, to interrupt
+        # Queries a worker has taken, with their DuckDB cursor once they have one (to interrupt).
+        self._active: dict[str, duckdb.DuckDBPyConnection | None] = {}
         self._results: OrderedDict[str, QueryResult] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -69,9 +70,7 @@ class AthenaResponse(JsonService):
 
     def stop(self) -> None:
         self._fail_unfinished()
-        with self._lock:
-            for cursor in self._cursors.values():
-                cursor.interrupt()
+        self._interrupt(lambda query_id: True)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -79,11 +78,6 @@ class AthenaResponse(JsonService):
     # -- operations ------------------------------------------------------------------------
     def start_query_execution(self, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         sql = params["QueryString"]
-        token = params.get("ClientRequestToken")
-        if token and (earlier := self.cloud.store.get(REQUEST_TOKEN, token)):
-            if earlier["QueryString"] != sql:
-                raise invalid("Idempotent parameters do not match: the ClientRequestToken was used for another query.")
-            return {"QueryExecutionId": earlier["QueryExecutionId"]}
         workgroup = params.get("WorkGroup", WORKGROUP)
         if workgroup != WORKGROUP:
             raise invalid(f"WorkGroup {workgroup} is not found.")
@@ -98,6 +92,8 @@ class AthenaResponse(JsonService):
             split_s3_uri(location)
         except ValueError as exc:
             raise invalid(f"outputLocation: {exc}") from None
+        if self._pool is None:
+            raise AwsError("InternalServerException", "Athena is not running.", 500)
         query_id = str(uuid.uuid4())
         result_configuration["OutputLocation"] = f"{location.rstrip('/')}/{query_id}.csv"
         context = params.get("QueryExecutionContext") or {}
@@ -112,15 +108,18 @@ class AthenaResponse(JsonService):
             "WorkGroup": workgroup,
             "EngineVersion": ENGINE_VERSION,
         }
-        with self.cloud.store.transaction():
-            self.cloud.store.put(QUERY, query_id, query)
+        token = params.get("ClientRequestToken")
+        store = self.cloud.store
+        with store.transaction():
+            if token and (earlier := store.get(REQUEST_TOKEN, token)):
+                if earlier["QueryString"] != sql:
+                    raise invalid("Idempotent parameters do not match: the ClientRequestToken was used for another query.")
+                return {"QueryExecutionId": earlier["QueryExecutionId"]}
+            store.put(QUERY, query_id, query)
             if token:
-                self.cloud.store.put(REQUEST_TOKEN, token, {"QueryExecutionId": query_id, "QueryString": sql})
+                store.put(REQUEST_TOKEN, token, {"QueryExecutionId": query_id, "QueryString": sql})
         database = (context.get("Database") or DEFAULT_DATABASE).lower()
-        catalog = context.get("Catalog") or "AwsDataCatalog"
-        if self._pool is None:
-            raise AwsError("InternalServerException", "Athena is not running.", 500)
-        self._pool.submit(self._run, query_id, ctx.region, database, catalog)
+        self._pool.submit(self._run, query_id, ctx.region, database, context.get("Catalog") or "AwsDataCatalog")
         return {"QueryExecutionId": query_id}
 
     def get_query_execution(self, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
@@ -179,18 +178,26 @@ class AthenaResponse(JsonService):
         query_id = params["QueryExecutionId"]
         self._query(query_id)
         if self._finish(query_id, "CANCELLED"):
-            with self._lock:
-                cursor = self._cursors.get(query_id)
-            if cursor is not None:
-                cursor.interrupt()
+            threading.Thread(target=self._interrupt, args=(query_id.__eq__,), daemon=True).start()
         return {}
 
     # -- running ---------------------------------------------------------------------------
     def _run(self, query_id: str, region: str, database: str, catalog_name: str) -> None:
         started = time.time()
-        if not self._transition(query_id, ("QUEUED",), lambda q: q["Status"].update(State="RUNNING")):
-            return  # cancelled while queued
-        query = self._query(query_id)
+        with self._lock:
+            self._active[query_id] = None
+        try:
+            if not self._transition(query_id, ("QUEUED",), lambda q: q["Status"].update(State="RUNNING")):
+                return  # cancelled while queued
+            query = self._query(query_id)
+            self._execute(query_id, query, region, database, catalog_name, started)
+        finally:
+            with self._lock:
+                self._active.pop(query_id, None)
+
+    def _execute(
+        self, query_id: str, query: dict[str, Any], region: str, database: str, catalog_name: str, started: float
+    ) -> None:
         try:
             if catalog_name.lower() != "awsdatacatalog":
                 raise QueryFailed(f"CATALOG_NOT_FOUND: Catalog '{catalog_name.lower()}' does not exist")
@@ -206,18 +213,26 @@ class AthenaResponse(JsonService):
             internal = QueryFailed(f"INTERNAL_ERROR: {exc}", 100, SYSTEM_ERROR)
             self._finish(query_id, "FAILED", started, failure=internal)
         else:
-            with self._lock:
-                self._results[query_id] = result
-                while len(self._results) > CACHED_RESULTS:
-                    self._results.popitem(last=False)
+            self._remember(query_id, result)
             self._finish(query_id, "SUCCEEDED", started, result=result, writing_ms=millis(time.monotonic() - written))
-        finally:
+
+    def _interrupt(self, which: Callable[[str], bool]) -> None:
+        """Interrupt the taken queries `which` selects until their workers let go: one may not
+        have its cursor yet, and an interrupt that comes before DuckDB executes is lost, so it is
+        repeated."""
+        while True:
             with self._lock:
-                self._cursors.pop(query_id, None)
+                selected = [cursor for query_id, cursor in self._active.items() if which(query_id)]
+            if not selected:
+                return
+            for cursor in selected:
+                if cursor is not None:
+                    cursor.interrupt()
+            time.sleep(0.05)
 
     def _track(self, query_id: str, cursor: duckdb.DuckDBPyConnection) -> None:
         with self._lock:
-            self._cursors[query_id] = cursor
+            self._active[query_id] = cursor
 
     def _catalog(self, region: str) -> GlueCatalog:
         with self._lock:
@@ -250,9 +265,14 @@ class AthenaResponse(JsonService):
         except ClientError as exc:
             raise invalid(f"Unable to read the results of query {query_id} from {location}: {exc}") from None
         result = QueryResult.from_files(body, metadata)
+        self._remember(query_id, result)
+        return result
+
+    def _remember(self, query_id: str, result: QueryResult) -> None:
         with self._lock:
             self._results[query_id] = result
-        return result
+            while len(self._results) > CACHED_RESULTS:
+                self._results.popitem(last=False)
 
     # -- state -----------------------------------------------------------------------------
     def _query(self, query_id: str) -> dict[str, Any]:

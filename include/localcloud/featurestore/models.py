@@ -61,8 +61,7 @@ class FeatureGroup:
     @classmethod
     def from_description(cls, body: dict[str, Any]) -> FeatureGroup:
         online = body.get("OnlineStoreConfig") or {}
-        offline = (body.get("OfflineStoreConfig") or {}).get("S3StorageConfig") or {}
-        offline_uri = offline.get("ResolvedOutputS3Uri") or offline.get("S3Uri")
+        offline_uri = (body.get("OfflineStoreConfig") or {}).get("S3StorageConfig", {}).get("ResolvedOutputS3Uri")
         return cls(
             name=body["FeatureGroupName"],
             key=f"{body['FeatureGroupName']}@{body['CreationTime']!r}",
@@ -90,9 +89,7 @@ class FeatureGroup:
     def check_feature_names(self, names: list[str]) -> None:
         unknown = [n for n in names if n not in self.features]
         if unknown:
-            raise validation_error(
-                f"Feature names {unknown} are not defined in FeatureGroup {self.name}."
-            )
+            raise validation_error(f"Feature names {unknown} are not defined in FeatureGroup {self.name}.")
 
 
 def ttl_seconds(duration: dict[str, Any] | None) -> float | None:
@@ -162,7 +159,6 @@ def parse_record(group: FeatureGroup, record: list[dict[str, Any]]) -> ParsedRec
 @dataclass(frozen=True)
 class OnlineRecord:
     record: list[dict[str, Any]] | None  # None once soft-deleted
-    event_time: float
     expires_at: float | None
 
 
@@ -233,12 +229,12 @@ class RecordStore:
     def get(self, group: FeatureGroup, identifier: str) -> OnlineRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT record, event_time, expires_at FROM online WHERE group_key = ? AND identifier = ?",
+                "SELECT record, expires_at FROM online WHERE group_key = ? AND identifier = ?",
                 (group.key, identifier),
             ).fetchone()
         if row is None:
             return None
-        return OnlineRecord(json.loads(row[0]) if row[0] is not None else None, row[1], row[2])
+        return OnlineRecord(json.loads(row[0]) if row[0] is not None else None, row[1])
 
     def delete(
         self,
@@ -278,6 +274,13 @@ class RecordStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def keep_groups(self, keys: set[str]) -> None:
+        """Drop the online records of feature groups that no longer exist."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM online WHERE group_key NOT IN (SELECT value FROM json_each(?))", (json.dumps(sorted(keys)),)
+            )
 
     def last_seq(self) -> int:
         with self._lock:
@@ -327,13 +330,6 @@ def to_arrow(group: FeatureGroup, rows: list[dict[str, Any]], written_at: float)
     return pa.table(columns)
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an S3 URI: {uri}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    return bucket, key
-
-
 class OfflineWriter:
     """Flushes the journal to S3 about every second, and once more on stop. Rows leave the journal
     only after their Parquet file is uploaded (at-least-once, as the real offline store)."""
@@ -367,21 +363,17 @@ class OfflineWriter:
         while not self._stopping.wait(FLUSH_INTERVAL_SECONDS):
             try:
                 self.flush()
-            except Exception:  # S3 unreachable or a bucket missing: the rows wait for the next tick
+            except Exception:  # a bug: logged, and the rows wait in the journal for the next tick
                 log.exception("offline store flush failed; retrying")
 
-    def flush(self) -> int:
-        """Write the journal's rows to S3, those there when the flush starts (so that steady
-        ingestion makes one file per partition and tick); returns how many left the journal."""
-        done = 0
+    def flush(self) -> None:
+        """Write the journal's rows to S3: those there when the flush starts, so that steady
+        ingestion makes one file per partition and tick."""
         with self._flush_lock:
             after, up_to = 0, self.records.last_seq()
             while batch := self.records.pending(after, up_to, FLUSH_BATCH_ROWS):
-                flushed = self._flush_batch(batch)
-                done += len(flushed)
-                self.records.forget(flushed)
+                self.records.forget(self._flush_batch(batch))
                 after = batch[-1][0]  # rows of a group that could not be written wait for the next tick
-        return done
 
     def _flush_batch(self, batch: list[tuple[int, str, str, dict[str, Any]]]) -> list[int]:
         by_group: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
@@ -395,8 +387,8 @@ class OfflineWriter:
                 continue
             try:
                 self._write_group(group, [row for _, row in rows])
-            except Exception:
-                log.exception("could not write offline records of feature group %s", name)
+            except Exception as exc:  # e.g. the bucket is gone: the rows stay in the journal
+                log.warning("could not write offline records of feature group %s (will retry): %s", name, exc)
                 continue
             flushed += [seq for seq, _ in rows]
         return flushed
@@ -406,7 +398,7 @@ class OfflineWriter:
         by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_partition[partition_path(row["event_time"])].append(row)
-        bucket, prefix = split_s3_uri(group.offline_uri or "")
+        bucket, _, prefix = (group.offline_uri or "").removeprefix("s3://").partition("/")
         s3 = self.s3_client(group.region)
         for partition, partition_rows in by_partition.items():
             buffer = io.BytesIO()

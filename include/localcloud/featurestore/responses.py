@@ -20,7 +20,7 @@ from include.localcloud.featurestore.models import (
     validation_error,
 )
 from include.localcloud.protocol import AwsError, RequestContext, RestJsonService
-from include.localcloud.sagemaker.feature_groups import describe_feature_group
+from include.localcloud.sagemaker.feature_groups import FEATURE_GROUP, describe_feature_group
 from include.localcloud.server import LocalCloud
 
 
@@ -34,6 +34,8 @@ class FeatureStoreRuntimeResponse(RestJsonService):
         self.offline = OfflineWriter(self.records, self._find_group, lambda region: cloud.client("s3", region))
 
     def start(self) -> None:
+        groups = self.cloud.store.list(FEATURE_GROUP)
+        self.records.keep_groups({FeatureGroup.from_description(body).key for body in groups})
         self.offline.start()
 
     def stop(self) -> None:

@@ -1,0 +1,72 @@
+"""`make bench-run`: how long the whole fraud_detection run takes on the local cloud.
+
+Runs the DAG as `make run` does, BENCH_RUNS times (default 3) with the default params (tuning on,
+8 trials, 2 in parallel) and as many times with tuning off as the baseline, all from this one
+process against the same local cloud, and prints a table of medians: wall time of the run and
+task time per stage (task group), with the ratio of each against the baseline."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+from include.local_run import DEFAULT_CONF, RunError, ensure_local_cloud, run_dag
+from include.stack.config import load_config
+
+TARGET_SECONDS = 120
+VARIANTS = {
+    "baseline: tuning off": {**DEFAULT_CONF, "tuning": False},
+    "default: tuning, 8 trials, 2 parallel": dict(DEFAULT_CONF),
+}
+
+
+def stage_seconds(task_seconds: dict[str, float]) -> dict[str, float]:
+    stages: dict[str, float] = defaultdict(float)
+    for task_id, seconds in task_seconds.items():
+        stages[task_id.split(".")[0]] += seconds
+    return stages
+
+
+def main() -> int:
+    runs = int(os.environ.get("BENCH_RUNS", "3"))
+    config = load_config()
+    try:
+        ensure_local_cloud(config)
+        walls: dict[str, list[float]] = defaultdict(list)
+        stages: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for attempt in range(runs):
+            for variant, conf in VARIANTS.items():
+                started = time.monotonic()
+                run_id, state, seconds = run_dag(config, conf, show_tasks=False)
+                wall = time.monotonic() - started
+                if state != "success":
+                    raise RunError(f"{variant}: run {run_id} ended {state}")
+                print(f"  run {attempt + 1}/{runs} {variant}: {wall:.1f} s", flush=True)
+                walls[variant].append(wall)
+                for stage, value in stage_seconds(seconds).items():
+                    stages[variant][stage].append(value)
+    except RunError as error:
+        print(error, file=sys.stderr)
+        return 1
+    baseline, default = VARIANTS
+    print(f"\nfraud_detection on the local cloud, median of {runs} runs each ({os.cpu_count()} cores)\n")
+    print(f"| {'measure':<36} | {'baseline (s)':>12} | {'default (s)':>11} | {'ratio':>5} |")
+    print(f"|{'-' * 38}|{'-' * 14}|{'-' * 13}|{'-' * 7}|")
+    rows = [("whole run, wall time", walls[baseline], walls[default])]
+    rows += [(f"stage {stage}, task time", stages[baseline].get(stage, [0.0]), values)
+             for stage, values in sorted(stages[default].items(), key=lambda item: -statistics.median(item[1]))]
+    for name, base, measured in rows:
+        base_median, median = statistics.median(base), statistics.median(measured)
+        ratio = f"{median / base_median:.2f}" if base_median else "-"
+        print(f"| {name:<36} | {base_median:>12.1f} | {median:>11.1f} | {ratio:>5} |")
+    median = statistics.median(walls[default])
+    verdict = "met" if median < TARGET_SECONDS else "NOT met"
+    print(f"\nTarget: the default run under {TARGET_SECONDS} s: {verdict} ({median:.1f} s).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
