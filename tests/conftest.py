@@ -9,8 +9,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from moto.backends import get_backend
 
-from include.localcloud.server import LocalCloud
+from include.localcloud.moto_services import PERSISTED_SERVICES
+from include.localcloud.server import ACCOUNT_ID, LocalCloud
 from tests.airflow_env import configure
 
 REGION = "us-east-1"
@@ -41,3 +43,20 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
 def aws(cloud: LocalCloud) -> Callable[..., Any]:
     """aws("s3"), aws("sagemaker", region="eu-west-1", parameter_validation=False), ..."""
     return lambda service, region=REGION, **config: make_client(cloud, service, region, **config)
+
+
+@pytest.fixture(autouse=True)
+def _keep_session_moto_state() -> Iterator[None]:
+    """moto's backends are global to the process: a LocalCloud that a test starts again on its own
+    state folder restores its snapshot over them. Give the session cloud its own back afterwards
+    (the account's backend objects themselves, so nothing is copied)."""
+    saved = {}
+    for name in PERSISTED_SERVICES:
+        backends = get_backend(name)  # type: ignore[call-overload]
+        backends[ACCOUNT_ID]  # noqa: B018 - made on first use; kept so the restore keeps it too
+        saved[name] = dict(backends)
+    yield
+    for name, accounts in saved.items():
+        backends = get_backend(name)  # type: ignore[call-overload]
+        backends.clear()
+        backends.update(accounts)
