@@ -203,8 +203,14 @@ def read_s3_json(s3: Any, uri: str) -> dict[str, Any]:
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def lineage_edges(sagemaker: Any, endpoint_arn: str) -> list[Edge]:
-    """Every association upstream of the endpoint's lineage artifact, walked back to the raw data."""
+def lineage_edges(sagemaker: Any, endpoint_arn: str, run_context_arn: str) -> list[Edge]:
+    """The associations upstream of the endpoint's lineage artifact, walked back to the raw data
+    through this run's actions only (the endpoint and the feature groups outlive runs)."""
+    run_actions = {
+        association["SourceArn"]
+        for page in sagemaker.get_paginator("list_associations").paginate(DestinationArn=run_context_arn)
+        for association in page["AssociationSummaries"]
+    }
     artifacts = sagemaker.list_artifacts(SourceUri=endpoint_arn)["ArtifactSummaries"]
     pending, seen, edges = [a["ArtifactArn"] for a in artifacts], set(), []
     while pending:
@@ -214,9 +220,13 @@ def lineage_edges(sagemaker: Any, endpoint_arn: str) -> list[Edge]:
         seen.add(arn)
         for page in sagemaker.get_paginator("list_associations").paginate(DestinationArn=arn):
             for association in page["AssociationSummaries"]:
+                source = association["SourceArn"]
+                if ":action/" in source and source not in run_actions:
+                    continue
                 edges.append({key: association.get(key, "") for key in (
-                    "SourceName", "SourceType", "AssociationType", "DestinationName", "DestinationType")})
-                pending.append(association["SourceArn"])
+                    "SourceArn", "SourceName", "SourceType", "AssociationType",
+                    "DestinationArn", "DestinationName", "DestinationType")})
+                pending.append(source)
     return edges
 
 
@@ -253,7 +263,11 @@ def collect_results(config: StackConfig, run_id: str, state: str, seconds: dict[
     endpoint = (xcom(database, run_id, "deploy.deploy_endpoint") or {}).get("Endpoint")
     summary["endpoint_name"] = endpoint["EndpointName"] if endpoint else None
     summary["smoke_prediction"] = xcom(database, run_id, "deploy.smoke_test")
-    summary["lineage_edges"] = lineage_edges(sagemaker, endpoint["EndpointArn"]) if endpoint else []
+    deploy_lineage = xcom(database, run_id, "deploy.lineage_deploy")
+    summary["lineage_edges"] = (
+        lineage_edges(sagemaker, endpoint["EndpointArn"], deploy_lineage["ContextArn"])
+        if endpoint and deploy_lineage else []
+    )
     return summary, evaluation
 
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # no screen here, and none needed
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 
-Edge = dict[str, str]  # SourceName, SourceType, AssociationType, DestinationName, DestinationType
+Edge = dict[str, str]  # Source/Destination Arn, Name and Type, AssociationType (ListAssociations)
 
 
 def bias_metrics(analysis: dict[str, Any], section: str) -> dict[str, float]:
@@ -94,17 +94,19 @@ def _bias(pre: dict[str, float], post: dict[str, float]) -> str:
 def _lineage(edges: list[Edge]) -> str:
     graph = nx.DiGraph()
     for edge in edges:
-        source = f"{edge['SourceName']}\n({edge['SourceType']})"
-        destination = f"{edge['DestinationName']}\n({edge['DestinationType']})"
-        graph.add_edge(source, destination, label=edge["AssociationType"])
+        # Nodes are entities (ARNs); artifacts have no name, so they show their type alone.
+        for end in ("Source", "Destination"):
+            graph.add_node(edge[f"{end}Arn"], label=f"{edge[f'{end}Name']}\n({edge[f'{end}Type']})".strip())
+        graph.add_edge(edge["SourceArn"], edge["DestinationArn"], label=edge["AssociationType"])
     # Left to right in the order data flows: each node's column is its longest path from a root.
     for node in nx.topological_sort(graph) if nx.is_directed_acyclic_graph(graph) else graph.nodes:
         parents = list(graph.predecessors(node))
         graph.nodes[node]["layer"] = 1 + max((graph.nodes[p].get("layer", 0) for p in parents), default=-1)
     positions = nx.multipartite_layout(graph, subset_key="layer") if graph else {}
     figure, axes = plt.subplots(figsize=(16, max(6, 0.5 * len(graph))))
-    nx.draw_networkx(graph, positions, ax=axes, node_color="#c6dbef", node_size=900, font_size=6.5,
-                     arrows=True, arrowsize=10, edge_color="#888888")
+    nx.draw_networkx(graph, positions, ax=axes, labels=nx.get_node_attributes(graph, "label"),
+                     node_color="#c6dbef", node_size=900, font_size=6.5, arrows=True, arrowsize=10,
+                     edge_color="#888888")
     nx.draw_networkx_edge_labels(graph, positions, nx.get_edge_attributes(graph, "label"), ax=axes, font_size=6)
     axes.set_title("SageMaker lineage of the run (associations)")
     axes.axis("off")
