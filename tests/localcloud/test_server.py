@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import requests
 from botocore.exceptions import ClientError
@@ -80,3 +86,25 @@ def test_empty_upload_does_not_hang(aws, tmp_path) -> None:
     s3.upload_file(str(empty), "empty-uploads", "code/__init__.py")
     s3.put_object(Bucket="empty-uploads", Key="code/empty", Body=b"")
     assert s3.head_object(Bucket="empty-uploads", Key="code/__init__.py")["ContentLength"] == 0
+
+
+def aws_cli(cloud, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The AWS CLI (awscli, installed in the venv beside this interpreter) against the local cloud."""
+    environment = {**os.environ, "AWS_ACCESS_KEY_ID": "cli", "AWS_SECRET_ACCESS_KEY": "cli",
+                   "AWS_DEFAULT_REGION": "eu-central-1"}
+    command = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", cloud.url, "--output", "json", *arguments]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_the_aws_cli_works_unchanged(cloud, tmp_path) -> None:
+    data = tmp_path / "claims.csv"
+    data.write_text("policy_id,fraud\n1,0\n")
+    assert aws_cli(cloud, "s3", "mb", "s3://cli-bucket").returncode == 0
+    assert aws_cli(cloud, "s3", "cp", str(data), "s3://cli-bucket/raw/claims.csv").returncode == 0
+    listed = aws_cli(cloud, "s3", "ls", "s3://cli-bucket/raw/")
+    assert "claims.csv" in listed.stdout
+    endpoints = aws_cli(cloud, "sagemaker", "list-endpoints")
+    assert endpoints.returncode == 0 and "Endpoints" in json.loads(endpoints.stdout)
+    missing = aws_cli(cloud, "sagemaker", "describe-training-job", "--training-job-name", "no-such-job")
+    assert missing.returncode != 0
+    assert "ValidationException" in missing.stderr and "Requested resource not found" in missing.stderr
