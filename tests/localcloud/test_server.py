@@ -108,3 +108,15 @@ def test_the_aws_cli_works_unchanged(cloud, tmp_path) -> None:
     missing = aws_cli(cloud, "sagemaker", "describe-training-job", "--training-job-name", "no-such-job")
     assert missing.returncode != 0
     assert "ValidationException" in missing.stderr and "Requested resource not found" in missing.stderr
+
+
+def test_the_sagemaker_sdk_works_unchanged(cloud, monkeypatch) -> None:
+    # The SDK builds its own boto3 clients; botocore's AWS_ENDPOINT_URL points every one of them here.
+    for name, value in {"AWS_ENDPOINT_URL": cloud.url, "AWS_ACCESS_KEY_ID": "sdk", "AWS_SECRET_ACCESS_KEY": "sdk",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    from sagemaker.core.resources import ModelPackageGroup
+
+    created = ModelPackageGroup.create(model_package_group_name="sdk-group", model_package_group_description="SDK")
+    assert created.model_package_group_arn.endswith(":model-package-group/sdk-group")
+    assert ModelPackageGroup.get("sdk-group").model_package_group_description == "SDK"
