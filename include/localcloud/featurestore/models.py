@@ -14,7 +14,8 @@ import secrets
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,18 @@ class RecordStore:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One atomic write: the online record and its offline journal row, or neither."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def _online_event_time(self, group: FeatureGroup, identifier: str) -> float | None:
         row = self._db.execute(
             "SELECT event_time FROM online WHERE group_key = ? AND identifier = ?", (group.key, identifier)
@@ -209,22 +222,16 @@ class RecordStore:
     ) -> None:
         """The online store takes the record only if its event time is later than the stored one's;
         the offline store takes every record."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if ONLINE_STORE in stores:
-                    self._db.execute(
-                        "INSERT INTO online VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_key, identifier) DO UPDATE"
-                        " SET event_time = excluded.event_time, expires_at = excluded.expires_at,"
-                        " record = excluded.record WHERE excluded.event_time > online.event_time",
-                        (group.key, parsed.identifier, parsed.event_time, expires_at, json.dumps(record)),
-                    )
-                if OFFLINE_STORE in stores:
-                    self._journal(group, offline_row)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._transaction():
+            if ONLINE_STORE in stores:
+                self._db.execute(
+                    "INSERT INTO online VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_key, identifier) DO UPDATE"
+                    " SET event_time = excluded.event_time, expires_at = excluded.expires_at,"
+                    " record = excluded.record WHERE excluded.event_time > online.event_time",
+                    (group.key, parsed.identifier, parsed.event_time, expires_at, json.dumps(record)),
+                )
+            if OFFLINE_STORE in stores:
+                self._journal(group, offline_row)
 
     def get(self, group: FeatureGroup, identifier: str) -> OnlineRecord | None:
         with self._lock:
@@ -248,32 +255,26 @@ class RecordStore:
         """Soft delete keeps a tombstone carrying the deletion's event time, hard delete removes the
         record; either only when the deletion is later than the stored record. A hard delete that is
         not later fails and writes nothing; a soft one still writes its offline marker."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if ONLINE_STORE in stores:
-                    current = self._online_event_time(group, identifier)
-                    later = current is None or event_time > current
-                    if hard and not later:
-                        raise validation_error(
-                            f"EventTime of the HardDelete must be later than the EventTime of record "
-                            f"{identifier} in the OnlineStore."
-                        )
-                    if later and hard:
-                        self._db.execute(
-                            "DELETE FROM online WHERE group_key = ? AND identifier = ?", (group.key, identifier)
-                        )
-                    elif later:
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO online VALUES (?, ?, ?, NULL, NULL)",
-                            (group.key, identifier, event_time),
-                        )
-                if OFFLINE_STORE in stores:
-                    self._journal(group, offline_row)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._transaction():
+            if ONLINE_STORE in stores:
+                current = self._online_event_time(group, identifier)
+                later = current is None or event_time > current
+                if hard and not later:
+                    raise validation_error(
+                        f"EventTime of the HardDelete must be later than the EventTime of record "
+                        f"{identifier} in the OnlineStore."
+                    )
+                if later and hard:
+                    self._db.execute(
+                        "DELETE FROM online WHERE group_key = ? AND identifier = ?", (group.key, identifier)
+                    )
+                elif later:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO online VALUES (?, ?, ?, NULL, NULL)",
+                        (group.key, identifier, event_time),
+                    )
+            if OFFLINE_STORE in stores:
+                self._journal(group, offline_row)
 
     def keep_groups(self, keys: set[str]) -> None:
         """Drop the online records of feature groups that no longer exist."""
