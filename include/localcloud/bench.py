@@ -6,7 +6,9 @@ Prints one table: Feature Store PutRecord throughput (8 client threads, 5,000 re
 claims feature group) and GetRecord latency, the claims-customers Athena join over the two
 offline stores, InvokeEndpoint latency and batch throughput, each beside its target; and a
 baseline, sts.GetCallerIdentity (served by moto behind the same front server) from the same
-client, with the ratios against it. Server and client CPU per call show where the time goes."""
+client, with the ratios against it. Server and client CPU per call show where the time goes, and
+the same PutRecord calls against a server that does no work at all (`null_server`) give the most
+8 boto3 threads of one process can send: the ceiling any server is measured against."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,47 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the servers -------------------------------------------------------------------------------
+class _NullHandler(BaseHTTPRequestHandler):
+    """Reads the request and answers 200 with an empty body, as PutRecord does: no other work."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as botocore expects
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_PUT = do_POST  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@contextmanager
+def null_server() -> Iterator[tuple[str, int]]:
+    """A do-nothing HTTP server in a process of its own (so it has the other core): its URL and pid."""
+    port = free_port()
+    code = ("import sys; from http.server import ThreadingHTTPServer; from include.localcloud.bench import _NullHandler;"
+            f" ThreadingHTTPServer(('127.0.0.1', {port}), _NullHandler).serve_forever()")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the null server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 # -- the local cloud process -------------------------------------------------------------------
@@ -280,6 +324,9 @@ def deploy_endpoint(url: str, claims: list[dict[str, str]], customers: list[dict
 def run(work: Path) -> list[Row]:
     claims, customers = processed_rows(work, "claims")[:RECORDS], processed_rows(work, "customers")[:RECORDS]
     rows: list[Row] = []
+    with null_server() as (null_url, null_pid):
+        null_featurestore = client(null_url, "sagemaker-featurestore-runtime")
+        ceiling = median_throughput(lambda _: put_calls(null_featurestore, "bench-claims", claims), null_pid)
     with local_cloud(work / "state") as (url, process):
         sts = client(url, "sts")
         sts_p50, sts_p99 = median_latency(sts.get_caller_identity, LATENCY_CALLS)
@@ -295,8 +342,11 @@ def run(work: Path) -> list[Row]:
         groups = [create_feature_group(sagemaker, "claims", f"bench-claims-{r}") for r in range(REPETITIONS)]
         customers_group = create_feature_group(sagemaker, "customers", "bench-customers")
         put = median_throughput(lambda r: put_calls(featurestore, groups[r]["FeatureGroupName"], claims), process.pid)
+        rows.append(Row(f"ceiling: PutRecord calls/s to a do-nothing server ({CLIENT_THREADS} threads)",
+                        ceiling.per_second, "/s",
+                        note=f"CPU/call: boto3 client {ceiling.client_cpu_ms:.2f} ms, server {ceiling.server_cpu_ms:.2f} ms"))
         rows.append(Row(f"PutRecord records/s ({CLIENT_THREADS} threads, {RECORDS} claims)", put.per_second, "/s",
-                        ">= 2000", put.per_second >= 2000, f"{put.per_second / sts_rate.per_second:.2f}x",
+                        ">= 2000", put.per_second >= 2000, f"{put.per_second / ceiling.per_second:.2f}x ceiling",
                         f"CPU/call: client {put.client_cpu_ms:.2f} ms, server {put.server_cpu_ms:.2f} ms"
                         f" (one core each: at most {1000 / put.client_cpu_ms:,.0f}/s and {1000 / put.server_cpu_ms:,.0f}/s)"))
         throughput(put_calls(featurestore, customers_group["FeatureGroupName"], customers), process.pid)

@@ -18,6 +18,7 @@ Resource = dict[str, Any]
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.version = 0  # counts writes, so readers can cache what they derive from the store
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -56,6 +57,7 @@ class Store:
 
     def put(self, kind: str, name: str, body: Resource) -> None:
         with self._lock:
+            self.version += 1
             self._db.execute(
                 "INSERT INTO resources (kind, name, seq, body) VALUES (?, ?,"
                 " (SELECT COALESCE(MAX(seq), 0) + 1 FROM resources), ?)"
@@ -83,6 +85,7 @@ class Store:
 
     def delete(self, kind: str, name: str) -> bool:
         with self._lock:
+            self.version += 1
             cursor = self._db.execute("DELETE FROM resources WHERE kind = ? AND name = ?", (kind, name))
         return cursor.rowcount > 0
 

@@ -355,6 +355,20 @@ def test_a_group_created_again_starts_empty(aws, group) -> None:
     assert "Record" not in fs.get_record(FeatureGroupName=name, RecordIdentifierValueAsString="1")
 
 
+def test_a_feature_added_to_the_group_is_accepted_at_once(aws, group) -> None:
+    fs, sagemaker = aws("sagemaker-featurestore-runtime"), aws("sagemaker")
+    name = group["FeatureGroupName"]
+    fs.put_record(FeatureGroupName=name, Record=claim(1, 5.0))
+    with_witness = claim(1, 6.0) + record(witness="yes")
+    assert "witness is not defined" in error_of(lambda: fs.put_record(FeatureGroupName=name, Record=with_witness))[
+        "Error"]["Message"]
+    sagemaker.update_feature_group(FeatureGroupName=name,
+                                   FeatureAdditions=[{"FeatureName": "witness", "FeatureType": "String"}])
+    fs.put_record(FeatureGroupName=name, Record=with_witness)
+    found = fs.get_record(FeatureGroupName=name, RecordIdentifierValueAsString="1")
+    assert as_dict(found["Record"])["witness"] == "yes"
+
+
 def test_offline_rows_wait_in_the_journal_until_s3_takes_them(tmp_path) -> None:
     bucket = f"journal-{uuid.uuid4().hex[:8]}"  # moto's state is shared by every cloud in a process
     with LocalCloud(tmp_path, port=0) as first:

@@ -40,7 +40,7 @@ from fraud_operators.s3 import LocalFolderToS3Operator
 from fraud_operators.training import SageMakerBestTrainingJobOperator
 
 from include.jobs import schema
-from include.localcloud.protocol import service_model, validate
+from include.localcloud.protocol import is_valid, service_model, validate
 from include.pipeline import clarify, configs, sql
 from include.pipeline.settings import Settings
 from tests.airflow_env import DAGS_FOLDER
@@ -285,6 +285,7 @@ def check(request: Request) -> None:
     shape = service_model(service).operation_model(operation).input_shape
     validate_parameters(params, shape)  # raises ParamValidationError
     assert validate(shape, params) == [], f"{operation}: {validate(shape, params)}"
+    assert is_valid(shape)(params), operation
     text = json.dumps(params, default=str)
     assert "{{" not in text and "{%" not in text, f"{operation} has unrendered templates: {text[:300]}"
 

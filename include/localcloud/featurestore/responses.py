@@ -32,6 +32,7 @@ class FeatureStoreRuntimeResponse(RestJsonService):
         super().__init__(cloud)
         self.records = RecordStore(cloud.state_dir / "featurestore" / "records.db")
         self.offline = OfflineWriter(self.records, self._find_group, lambda region: cloud.client("s3", region))
+        self._groups: dict[str, tuple[int, FeatureGroup]] = {}  # name -> (store version, group)
 
     def start(self) -> None:
         groups = self.cloud.store.list(FEATURE_GROUP)
@@ -49,12 +50,19 @@ class FeatureStoreRuntimeResponse(RestJsonService):
             return None
 
     def _group(self, name: str, missing: str = "ValidationError") -> FeatureGroup:
+        # Every record names its group: parse the description once per change of the store.
+        version = self.cloud.store.version
+        cached = self._groups.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         # GetRecord answers a missing group with ResourceNotFound (404); PutRecord and DeleteRecord,
         # whose models have no such error, answer ValidationError like SageMaker does.
         try:
-            return FeatureGroup.from_description(describe_feature_group(self.cloud.store, name))
+            group = FeatureGroup.from_description(describe_feature_group(self.cloud.store, name))
         except AwsError as error:
             raise AwsError(missing, error.message, 404 if missing == "ResourceNotFound" else 400) from None
+        self._groups[name] = (version, group)
+        return group
 
     def _online_group(self, name: str, feature_names: list[str] | None) -> FeatureGroup:
         group = self._group(name, missing="ResourceNotFound")
