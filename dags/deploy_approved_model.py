@@ -7,20 +7,15 @@ and creates or updates the endpoint, then smoke-tests it with the package's test
 
 from __future__ import annotations
 
-from airflow.providers.amazon.aws.operators.sagemaker import (
-    SageMakerEndpointConfigOperator,
-    SageMakerEndpointOperator,
-    SageMakerModelOperator,
-)
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerModelOperator
 from airflow.sdk import DAG, Param
-from fraud_operators.hosting import SageMakerEndpointSmokeTestOperator
-from fraud_operators.lineage import SageMakerLineageOperator
+from fraud_operators.deployment import deploy_to_endpoint
 from fraud_operators.registry import SageMakerLatestApprovedModelPackageOperator
 
 from include.pipeline import configs
 from include.pipeline.configs import resource_name
 from include.pipeline.settings import Settings
-from include.pipeline.templating import ATTEMPT, PREFIX, RUN_TOKEN, param, pulled
+from include.pipeline.templating import ATTEMPT, PREFIX, RUN_TOKEN, pulled
 
 SETTINGS = Settings.from_env()
 PACKAGE_CONTAINER = ("InferenceSpecification", "Containers", 0)
@@ -67,40 +62,12 @@ with DAG(
             image_uri=pulled("latest_approved", *PACKAGE_CONTAINER, "Image"),
         ),
     )
-    create_endpoint_config = SageMakerEndpointConfigOperator(
-        task_id="create_endpoint_config",
-        config=configs.endpoint_config(
-            SETTINGS,
-            name=resource_name(PREFIX, "endpoint-config", RUN_TOKEN, ATTEMPT),
-            model_name=pulled("create_model", "Model", "ModelName"),
-            instance_type=param("endpoint_instance_type"),
-            instance_count=param("endpoint_instance_count"),
-        ),
-    )
-    deploy_endpoint = SageMakerEndpointOperator(
-        task_id="deploy_endpoint",
-        config=configs.endpoint(
-            SETTINGS,
-            name=param("endpoint_name"),
-            config_name=pulled("create_endpoint_config", "EndpointConfig", "EndpointConfigName"),
-        ),
-        operation="create",  # the operator updates the endpoint when it exists
-        wait_for_completion=True,
-        check_interval=SETTINGS.check_interval,
-    )
-    smoke_test = SageMakerEndpointSmokeTestOperator(
-        task_id="smoke_test",
-        endpoint_name=param("endpoint_name"),
-        data_uri=pulled("latest_approved", "CustomerMetadataProperties", "test_data_uri"),
-    )
-    lineage_deploy = SageMakerLineageOperator(
-        task_id="lineage_deploy",
-        action_name=resource_name(PREFIX, "deploy", RUN_TOKEN),
-        action_type="Deployment",
-        inputs=[{"uri": pulled("latest_approved", "ModelPackageArn"), "type": "ModelPackage"}],
-        outputs=[{"uri": pulled("deploy_endpoint", "Endpoint", "EndpointArn"), "type": "Endpoint"}],
+    deployment = deploy_to_endpoint(
+        SETTINGS,
+        model_name=pulled("create_model", "Model", "ModelName"),
+        model_package_arn=pulled("latest_approved", "ModelPackageArn"),
+        test_data_uri=pulled("latest_approved", "CustomerMetadataProperties", "test_data_uri"),
         context_name=resource_name(PREFIX, "deploy", RUN_TOKEN),
         context_type="DeploymentRun",
-        source_uri=pulled("deploy_endpoint", "Endpoint", "EndpointArn"),
     )
-    latest_approved >> create_model >> create_endpoint_config >> deploy_endpoint >> [smoke_test, lineage_deploy]
+    latest_approved >> create_model >> deployment

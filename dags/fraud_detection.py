@@ -14,8 +14,6 @@ from typing import Any
 from airflow.providers.amazon.aws.operators.athena import AthenaOperator
 from airflow.providers.amazon.aws.operators.s3 import S3CreateBucketOperator, S3CreateObjectOperator
 from airflow.providers.amazon.aws.operators.sagemaker import (
-    SageMakerEndpointConfigOperator,
-    SageMakerEndpointOperator,
     SageMakerModelOperator,
     SageMakerProcessingOperator,
     SageMakerTrainingOperator,
@@ -32,12 +30,12 @@ from airflow.sdk import (
     task,
     task_group,
 )
+from fraud_operators.deployment import deploy_to_endpoint
 from fraud_operators.feature_store import (
     FeatureStoreOfflineStoreSensor,
     SageMakerCreateFeatureGroupOperator,
     SageMakerIngestFeaturesOperator,
 )
-from fraud_operators.hosting import SageMakerEndpointSmokeTestOperator
 from fraud_operators.lineage import SageMakerLineageOperator
 from fraud_operators.registry import RegisterModelVersionOperator
 from fraud_operators.s3 import LocalFolderToS3Operator, read_s3_json
@@ -532,36 +530,14 @@ with DAG(
             status = ti.xcom_pull(task_ids=APPROVAL)["status"]
             return params["deploy"] and status == decisions.APPROVED
 
-        create_endpoint_config = SageMakerEndpointConfigOperator(
-            task_id="create_endpoint_config",
-            config=configs.endpoint_config(
-                SETTINGS,
-                name=resource_name(PREFIX, "endpoint-config", RUN_TOKEN, ATTEMPT),
-                model_name=pulled(CREATED_MODEL, "Model", "ModelName"),
-                instance_type=param("endpoint_instance_type"),
-                instance_count=param("endpoint_instance_count"),
-            ),
+        deployment = deploy_to_endpoint(
+            SETTINGS,
+            model_name=pulled(CREATED_MODEL, "Model", "ModelName"),
+            model_package_arn=pulled(MODEL_PACKAGE),
+            test_data_uri=LAYOUT.split_file("test"),
+            context_name=resource_name(PREFIX, "run", RUN_TOKEN),
         )
-        deploy_endpoint = SageMakerEndpointOperator(
-            task_id="deploy_endpoint",
-            config=configs.endpoint(
-                SETTINGS,
-                name=param("endpoint_name"),
-                config_name=pulled(create_endpoint_config.task_id, "EndpointConfig", "EndpointConfigName"),
-            ),
-            operation="create",  # the operator updates the endpoint when it exists
-            **JOB_WAIT,
-        )
-        smoke = SageMakerEndpointSmokeTestOperator(
-            task_id="smoke_test", endpoint_name=param("endpoint_name"), data_uri=LAYOUT.split_file("test")
-        )
-        record = lineage(
-            "lineage_deploy", "deploy", "Deployment",
-            inputs=[artifact(pulled(MODEL_PACKAGE), "ModelPackage")],
-            outputs=[artifact(pulled(deploy_endpoint.task_id, "Endpoint", "EndpointArn"), "Endpoint")],
-            source_uri=pulled(deploy_endpoint.task_id, "Endpoint", "EndpointArn"),
-        )
-        deploy_approved() >> create_endpoint_config >> deploy_endpoint >> [smoke, record]
+        deploy_approved() >> deployment
 
     store, data = feature_store(data_prep()), dataset()
     before, trained, scored, created = bias_before_training(), train(), evaluate(), model()
