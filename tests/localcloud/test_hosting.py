@@ -19,6 +19,7 @@ import pytest
 import xgboost as xgb
 from botocore.exceptions import ClientError
 
+from include.localcloud.sagemaker.hosting import MAX_SERVER_REPLACEMENTS
 from include.localcloud.server import ACCOUNT_ID, LocalCloud
 from tests.conftest import make_client
 
@@ -471,14 +472,27 @@ def test_update_switches_models_without_a_failed_request_then_delete_stops_the_s
     assert not endpoint_dir.exists()
 
 
-def test_a_dead_model_server_fails_its_endpoint(cloud, aws, model_urls) -> None:
-    sm = aws("sagemaker")
+def test_a_dead_model_server_is_replaced_until_it_keeps_dying(cloud, aws, model_urls) -> None:
+    sm, runtime = aws("sagemaker"), aws("sagemaker-runtime")
     assert deploy(sm, "crashing", model_urls[0])["EndpointStatus"] == "InService"
-    (pid,) = model_server_pids(cloud.state_dir / "endpoints" / "crashing")
+    endpoint_dir = cloud.state_dir / "endpoints" / "crashing"
+    rows = np.random.default_rng(5).random((3, FEATURES))
+    expected = csv_predictions(runtime, "crashing", rows)
+    for _ in range(MAX_SERVER_REPLACEMENTS):
+        (pid,) = model_server_pids(endpoint_dir)
+        os.kill(pid, 9)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while model_server_pids(endpoint_dir) in ([], [pid]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Invocations wait for the new server to answer /ping; the endpoint stays InService.
+        np.testing.assert_array_equal(csv_predictions(runtime, "crashing", rows), expected)
+        assert sm.describe_endpoint(EndpointName="crashing")["EndpointStatus"] == "InService"
+    (pid,) = model_server_pids(endpoint_dir)
     os.kill(pid, 9)
     endpoint = wait_until_status(sm, "crashing", "Failed")
     assert "exited unexpectedly with code -9" in endpoint["FailureReason"]
-    error = error_of(lambda: aws("sagemaker-runtime").invoke_endpoint(EndpointName="crashing", Body="1"))
+    assert f"died {MAX_SERVER_REPLACEMENTS + 1} times" in endpoint["FailureReason"]
+    error = error_of(lambda: runtime.invoke_endpoint(EndpointName="crashing", Body="1"))
     assert error["Error"]["Code"] == "ValidationError"
     sm.delete_endpoint(EndpointName="crashing")
 

@@ -86,6 +86,7 @@ class ModelServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C of the terminal is the local cloud's to handle
             )
         threading.Thread(
             target=self._watch, args=(on_exit,), name=f"model-server-{self.port}", daemon=True

@@ -6,8 +6,9 @@ An endpoint's life: CreateEndpoint stores it Creating and starts a deployment in
 (download and unpack the model, start its server, wait for /ping), which ends InService or Failed.
 UpdateEndpoint deploys the new config next to the serving one and switches traffic once the new
 server answers /ping, then drains and stops the old one; if the new one fails, the old one keeps
-serving (InService with a FailureReason, as SageMaker does). Servers stop with the local cloud and
-start again when it restarts."""
+serving (InService with a FailureReason, as SageMaker does). A server that dies is replaced, as
+SageMaker replaces an unhealthy instance. Servers stop with the local cloud and start again when it
+restarts."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import shutil
 import tarfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,9 @@ ENDPOINT_CONFIG = "endpoint-config"
 ENDPOINT = "endpoint"
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 600  # SageMaker's default container startup health check timeout
 MAX_FAILURE_REASON = 1024
+# A dead model server is replaced, unless the endpoint's servers died this often within the window.
+MAX_SERVER_REPLACEMENTS = 3
+SERVER_DEATH_WINDOW_SECONDS = 300
 
 # What a deployment does to the endpoint when its server is up (or cannot start).
 CREATE, UPDATE, RESUME = "create", "update", "resume"
@@ -85,6 +90,8 @@ class HostingOperations:
         super().__init__(cloud)  # type: ignore[call-arg]
         self.endpoint_routes = endpoint_routes(cloud)
         self._deployments: dict[str, Deployment] = {}  # in progress, by endpoint name
+        self._server_deaths: dict[str, list[float]] = {}  # endpoint name -> monotonic times
+        self._hosting_stopped = False
         self._hosting_lock = threading.RLock()
 
     # -- models ----------------------------------------------------------------------------
@@ -302,6 +309,7 @@ class HostingOperations:
         """Start the servers of endpoints that were serving (or being created or updated)."""
         shutil.rmtree(self.cloud.state_dir / "endpoints", ignore_errors=True)  # leftovers of a crash
         with self._hosting_lock:
+            self._hosting_stopped = False
             for endpoint in self.cloud.store.list(ENDPOINT):
                 status, name = endpoint["EndpointStatus"], endpoint["EndpointName"]
                 kind = {"Creating": CREATE, "InService": RESUME, "Updating": RESUME}.get(status)
@@ -312,6 +320,7 @@ class HostingOperations:
     def stop_hosting(self) -> None:
         """Stop every model server; endpoints keep their status in the store."""
         with self._hosting_lock:
+            self._hosting_stopped = True  # servers exiting from now on are being stopped
             deployments, self._deployments = list(self._deployments.values()), {}
             for deployment in deployments:
                 deployment.cancelled.set()
@@ -422,18 +431,30 @@ class HostingOperations:
             self.cloud.store.update(ENDPOINT, deployment.endpoint_name, failed)
 
     def _server_exited(self, name: str, server: ModelServer, code: int, region: str) -> None:
-        """A serving model server died: the endpoint fails (a starting one is handled by _deploy)."""
+        """A serving model server died (a starting one is handled by _deploy). As SageMaker replaces
+        an unhealthy instance, a new server starts on the endpoint's config and invocations wait
+        for it; an endpoint whose servers keep dying fails."""
         with self._hosting_lock:
-            if self.endpoint_routes.remove(name, only=server) is None:
+            if self._hosting_stopped or self.endpoint_routes.remove(name, only=server) is None:
                 return
             reason = f"The model server exited unexpectedly with code {code}: {server.log_tail()}"
+            died_at = time.monotonic()
+            recent = [t for t in self._server_deaths.get(name, []) if died_at - t < SERVER_DEATH_WINDOW_SECONDS]
+            self._server_deaths[name] = [*recent, died_at]
+            endpoint = self.cloud.store.get(ENDPOINT, name)
+            if endpoint is not None and len(recent) < MAX_SERVER_REPLACEMENTS:
+                log.warning("endpoint %s: %s; starting a new one", name, reason)
+                self._start_deployment(Deployment(name, endpoint["EndpointConfigName"], region, RESUME))
+            else:
+                def failed(endpoint: dict[str, Any]) -> None:
+                    endpoint["EndpointStatus"] = "Failed"
+                    endpoint["FailureReason"] = (
+                        f"{reason[:MAX_FAILURE_REASON // 2]} (server died {len(recent) + 1} times "
+                        f"in {SERVER_DEATH_WINDOW_SECONDS} s)"
+                    )
+                    endpoint["LastModifiedTime"] = now()
 
-            def failed(endpoint: dict[str, Any]) -> None:
-                endpoint["EndpointStatus"] = "Failed"
-                endpoint["FailureReason"] = reason[:MAX_FAILURE_REASON]
-                endpoint["LastModifiedTime"] = now()
-
-            self.cloud.store.update(ENDPOINT, name, failed)
+                self.cloud.store.update(ENDPOINT, name, failed)
         server.publish_logs(self.cloud.client("logs", region))
         server.stop()
 
