@@ -8,6 +8,7 @@ import os
 import re
 import tarfile
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import xgboost
 from botocore.exceptions import ClientError
 from sagemaker.core import image_uris
 
+from include.localcloud.sagemaker import jobs
 from include.localcloud.sagemaker.jobs import training_environment
 from include.localcloud.sagemaker.sandbox import Sandbox
 from include.localcloud.server import LocalCloud
@@ -165,6 +167,19 @@ print("summarized", len(rows), "rows")
     assert 0 < summary["positives"] < 300 and BUCKET in summary["buckets"]  # boto3 in the job reached S3
     assert sm.list_tags(ResourceArn=job["ProcessingJobArn"])["Tags"] == [{"Key": "team", "Value": "fraud"}]
     assert "summarized 300 rows" in log_messages(aws("logs"), "/aws/sagemaker/ProcessingJobs", "summarize-claims")
+
+
+def test_only_the_newest_finished_sandboxes_are_kept(s3: Any, sm: Any, cloud: LocalCloud,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "KEPT_SANDBOXES", 2)
+    put_script(s3, "code/quick/quick.py", "print('done')\n")
+    names = [f"quick-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    for name in names:
+        sm.create_processing_job(**script_job(name, "code/quick/quick.py"))
+        assert wait_until_done(sm.describe_processing_job, "ProcessingJobStatus",
+                               ProcessingJobName=name)["ProcessingJobStatus"] == "Completed"
+    folder = cloud.state_dir / "jobs" / "processing-job"
+    wait_for(lambda: sorted(p.name for p in folder.iterdir()) == sorted(names[1:]))
 
 
 def test_failing_job_carries_the_tail_of_its_error(s3: Any, sm: Any) -> None:

@@ -4,16 +4,20 @@ background following the SageMaker container contract (see sandbox.py for the me
 A job is InProgress as soon as it is created. Its thread waits for a job slot, copies its inputs
 from S3 into its sandbox (<state dir>/jobs/<kind>/<name>, standing in for /opt/ml), runs the
 runner chosen from its image, streams the output to CloudWatch Logs, uploads the outputs to S3
-and records how it ended: Completed, Failed with a FailureReason, or Stopped."""
+and records how it ended: Completed, Failed with a FailureReason, or Stopped. The sandboxes of the
+newest finished jobs stay, to look into; older ones are removed."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.localcloud.protocol import AwsError, RequestContext, not_found
@@ -60,6 +64,7 @@ log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("InProgress", "Stopping")
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
+KEPT_SANDBOXES = 20  # of finished jobs, per kind
 LOCAL_CLOUD_STOPPED = "The local cloud stopped while the job was running."
 DEFAULT_MAX_RUNTIME_SECONDS = 86400  # SageMaker's StoppingCondition when a training job gives none
 SCRIPT_IMAGES = ("sagemaker-scikit-learn", XGBOOST_IMAGE)  # processing: run the given entrypoint
@@ -395,8 +400,23 @@ class JobOperations:
                 log.exception("%s %s failed unexpectedly", kind.label, name)
                 failure = f"InternalServerError: {exc}"
             self._end_job(kind, name, control.stop_reason(), failure)
+            self._prune_sandboxes(kind)
 
         self.job_runner.start(kind.store_kind, name, work)
+
+    def _prune_sandboxes(self, kind: JobKind) -> None:
+        """Keep the sandboxes of the newest KEPT_SANDBOXES finished jobs of a kind, to look into;
+        older ones go, as an instance's storage does (outputs are in S3, logs in CloudWatch)."""
+        folder = self.cloud.state_dir / "jobs" / kind.store_kind
+        finished: list[tuple[float, Path]] = []
+        for sandbox in folder.iterdir() if folder.is_dir() else ():
+            job = self.cloud.store.get(kind.store_kind, sandbox.name)
+            if job is None or job[kind.status_key] in TERMINAL_STATUSES:
+                with suppress(OSError):  # another job's pruning got there first
+                    finished.append((sandbox.stat().st_mtime, sandbox))
+        finished.sort(reverse=True)
+        for _, sandbox in finished[KEPT_SANDBOXES:]:
+            shutil.rmtree(sandbox, ignore_errors=True)
 
     def _end_job(self, kind: JobKind, name: str, reason: StopReason | None, failure: str | None) -> None:
         """Record how a job ended: a stop decides, then a failure, else it Completed."""
