@@ -47,6 +47,7 @@ with DAG(
         ),
     },
     user_defined_filters={"short_hash": configs.short_hash},
+    user_defined_macros={"sagemaker_image": SETTINGS.image_uri},
     default_args=SETTINGS.retry_args,
     tags=["fraud-detection", "sagemaker", "deployment"],
 ) as dag:

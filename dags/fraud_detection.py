@@ -45,7 +45,7 @@ from include.jobs import schema
 from include.pipeline import clarify, configs, decisions, sql
 from include.pipeline.configs import RunLayout, resource_name
 from include.pipeline.settings import Settings
-from include.pipeline.templating import ATTEMPT, PREFIX, RUN_EPOCH, RUN_TOKEN, param, pulled
+from include.pipeline.templating import ATTEMPT, PREFIX, RUN_EPOCH, RUN_TOKEN, param, pulled, sagemaker_image
 
 SETTINGS = Settings.from_env()
 LAYOUT = RunLayout.of(SETTINGS, PREFIX, RUN_TOKEN)
@@ -222,6 +222,7 @@ with DAG(
     max_active_runs=1,  # runs share the feature groups and the endpoint
     params=dag_params(),
     user_defined_filters={"short_hash": configs.short_hash},
+    user_defined_macros={"sagemaker_image": SETTINGS.image_uri},
     default_args=SETTINGS.retry_args,
     tags=["fraud-detection", "sagemaker", "ml"],
 ) as dag:
@@ -490,7 +491,7 @@ with DAG(
         model_url = pulled(SELECTED_MODEL, "ModelDataUrl")
         register = RegisterModelVersionOperator(
             task_id="register",
-            image_uri=SETTINGS.xgboost_image,
+            image_uri=sagemaker_image("xgboost"),
             model_url=model_url,
             package_group_name=PREFIX,
             package_group_desc="Claim fraud models of the fraud-detection pipeline",

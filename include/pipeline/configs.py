@@ -17,6 +17,7 @@ import botocore.session
 
 from include.jobs import schema
 from include.pipeline.settings import Settings
+from include.pipeline.templating import sagemaker_image
 
 PROCESSING_ROOT = "/opt/ml/processing"
 CODE_DIR = f"{PROCESSING_ROOT}/input/code"
@@ -199,7 +200,7 @@ def preprocess_job(
     return processing_job(
         settings,
         name=name,
-        image_uri=settings.sklearn_image,
+        image_uri=sagemaker_image("sklearn"),
         inputs=[processing_input("code", layout.code, CODE_DIR), processing_input("raw", raw_uri, raw_dir)],
         outputs=[processing_output("processed", layout.processed(dataset), OUTPUT_DIR)],
         instance_type=instance_type,
@@ -236,7 +237,7 @@ def split_job(
     return processing_job(
         settings,
         name=name,
-        image_uri=settings.sklearn_image,
+        image_uri=sagemaker_image("sklearn"),
         inputs=[
             processing_input("code", layout.code, CODE_DIR),
             processing_input("dataset", query_result_uri, dataset_dir),
@@ -273,7 +274,7 @@ def evaluation_job(
     return processing_job(
         settings,
         name=name,
-        image_uri=settings.xgboost_image,
+        image_uri=sagemaker_image("xgboost"),
         inputs=[
             processing_input("code", layout.code, CODE_DIR),
             processing_input("model", model_uri, model_dir),
@@ -309,7 +310,7 @@ def clarify_job(
     return processing_job(
         settings,
         name=name,
-        image_uri=settings.clarify_image,
+        image_uri=sagemaker_image("clarify"),
         inputs=[
             processing_input("analysis_config", layout.clarify_config(stage), f"{PROCESSING_ROOT}/input/config"),
             processing_input("dataset", dataset_uri, f"{PROCESSING_ROOT}/input/data"),
@@ -368,7 +369,7 @@ def _training_definition(
 ) -> dict[str, Any]:
     """What training jobs and tuning jobs' training definitions share."""
     return {
-        "AlgorithmSpecification": {"TrainingImage": settings.xgboost_image, "TrainingInputMode": "File"},
+        "AlgorithmSpecification": {"TrainingImage": sagemaker_image("xgboost"), "TrainingInputMode": "File"},
         "RoleArn": settings.role_arn,
         "InputDataConfig": [
             training_channel("train", layout.split("train")),
@@ -450,7 +451,7 @@ def model(settings: Settings, *, name: str, model_data_url: str, image_uri: str 
     `image_uri` (e.g. the one a model package names)."""
     return {
         "ModelName": name,
-        "PrimaryContainer": {"Image": image_uri or settings.xgboost_image, "ModelDataUrl": model_data_url},
+        "PrimaryContainer": {"Image": image_uri or sagemaker_image("xgboost"), "ModelDataUrl": model_data_url},
         "ExecutionRoleArn": settings.role_arn,
         "Tags": tags(settings),
     }
@@ -472,7 +473,7 @@ def model_package_extras(
     return {
         "ModelApprovalStatus": approval_status,
         "InferenceSpecification": {
-            "Containers": [{"Image": settings.xgboost_image, "ModelDataUrl": model_data_url}],
+            "Containers": [{"Image": sagemaker_image("xgboost"), "ModelDataUrl": model_data_url}],
             "SupportedContentTypes": [CSV],
             "SupportedResponseMIMETypes": [CSV],
             "SupportedRealtimeInferenceInstanceTypes": [endpoint_instance_type],

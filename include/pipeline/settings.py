@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ DATA_DIR = REPO_ROOT / "data"
 DEFAULT_ROLE_ARN = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
 SKLEARN_VERSION = "1.2-1"
 XGBOOST_VERSION = "1.7-1"
+IMAGE_VERSIONS = {"sklearn": SKLEARN_VERSION, "xgboost": XGBOOST_VERSION, "clarify": None}
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -101,25 +101,15 @@ class Settings:
         )
 
     # Image URIs are resolved per region by the SageMaker SDK (no AWS call: a bundled table).
-    @cached_property
-    def sklearn_image(self) -> str:
-        return _image_uri("sklearn", self.region, SKLEARN_VERSION)
+    def image_uri(self, framework: str) -> str:
+        """The URI of a SageMaker image ("sklearn", "xgboost" or "clarify") in this region, from
+        the SageMaker SDK. The DAGs call it when a task runs, as the `sagemaker_image` macro:
+        importing the SDK takes over a second, which every parse of a DAG file would pay."""
+        from sagemaker.core import image_uris
 
-    @cached_property
-    def xgboost_image(self) -> str:
-        return _image_uri("xgboost", self.region, XGBOOST_VERSION)
-
-    @cached_property
-    def clarify_image(self) -> str:
-        return _image_uri("clarify", self.region, None)
+        return image_uris.retrieve(framework=framework, region=self.region, version=IMAGE_VERSIONS[framework])
 
     def raw_data_uri(self, dataset: str, prefix: str | None = None) -> str:
         """Where the raw CSV of "claims" or "customers" lives in S3: the raw-data asset."""
         return f"s3://{self.bucket}/{prefix or self.prefix}/raw/{dataset}.csv"
 
-
-def _image_uri(framework: str, region: str, version: str | None) -> str:
-    # Imported here: the SDK takes over a second to import and only configs need it.
-    from sagemaker.core import image_uris
-
-    return image_uris.retrieve(framework=framework, region=region, version=version)

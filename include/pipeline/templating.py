@@ -1,6 +1,7 @@
 """Jinja snippets the DAGs put into request configs; Airflow renders them when a task runs.
 
-Plain strings only (no Airflow import): `short_hash` is registered by the DAGs as a filter."""
+Plain strings only (no Airflow import): the DAGs register `short_hash` as a filter and
+`Settings.image_uri` as the `sagemaker_image` macro."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ def pulled(task_id: str, *path: str | int) -> str:
     """The XCom return value of `task_id` (or an item inside it, by keys and indexes)."""
     keys = "".join(f"[{key!r}]" for key in path)
     return f"{{{{ ti.xcom_pull(task_ids={task_id!r}){keys} }}}}"
+
+
+def sagemaker_image(framework: str) -> str:
+    """The URI of a SageMaker image, looked up when the task runs (see Settings.image_uri)."""
+    return f"{{{{ sagemaker_image({framework!r}) }}}}"

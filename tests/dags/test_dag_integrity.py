@@ -3,6 +3,8 @@ time the way the Airflow API server does (the serialized DAG's params validation
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from airflow.sdk.definitions.param import ParamValidationError
 from airflow.serialization.serialized_objects import DagSerialization
 from botocore.client import BaseClient
 
-from tests.airflow_env import DAGS_FOLDER
+from tests.airflow_env import DAGS_FOLDER, REPO
 
 DAG_IDS = ("fraud_detection", "deploy_approved_model")
 
@@ -54,6 +56,19 @@ def trigger(scheduler_dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
 def test_dags_import_without_errors_or_aws_calls(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
     assert set(DAG_IDS) <= set(dagbag.dag_ids)
+
+
+def test_parsing_does_not_import_the_sagemaker_sdk() -> None:
+    """Every task process parses its DAG file: the SDK (over a second to import) is for task time."""
+    code = (
+        "import sys; from tests import airflow_env; airflow_env.configure();"
+        "from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(DAGS_FOLDER)!r}); assert not bag.import_errors, bag.import_errors;"
+        "assert set(bag.dag_ids) >= set(sys.argv[1:]), bag.dag_ids;"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'sagemaker'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *DAG_IDS], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)

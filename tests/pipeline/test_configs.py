@@ -356,8 +356,9 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.from_env()
     assert (settings.region, settings.bucket, settings.upload_raw_data) == ("eu-west-1", "my-bucket", False)
     assert settings.retry_args["retries"] == 4
-    assert settings.xgboost_image == "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:1.7-1"
-    request = configs.model(settings, name="m", model_data_url="s3://my-bucket/model.tar.gz")
+    image = settings.image_uri("xgboost")
+    assert image == "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+    request = configs.model(settings, name="m", model_data_url="s3://my-bucket/model.tar.gz", image_uri=image)
     assert request["ExecutionRoleArn"] == "arn:aws:iam::111122223333:role/fraud"
     check(("sagemaker", "CreateModel", request))
 
