@@ -11,7 +11,6 @@ import logging
 import math
 import re
 import secrets
-import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from include.localcloud.protocol import AwsError
+from include.localcloud.store import connect, immediate_transaction
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,7 @@ class RecordStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS online (group_key TEXT NOT NULL, identifier TEXT NOT NULL,"
             " event_time REAL NOT NULL, expires_at REAL, record TEXT,"
@@ -190,14 +188,8 @@ class RecordStore:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One atomic write: the online record and its offline journal row, or neither."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate_transaction(self._db):
+            yield
 
     def _online_event_time(self, group: FeatureGroup, identifier: str) -> float | None:
         row = self._db.execute(
