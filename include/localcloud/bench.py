@@ -36,6 +36,7 @@ import boto3
 from botocore.config import Config
 
 from include.jobs import schema
+from include.localcloud.server import free_port
 from include.pipeline.settings import DEFAULT_ROLE_ARN, REPO_ROOT, XGBOOST_VERSION
 
 REGION = "us-east-1"
@@ -67,12 +68,6 @@ class Row:
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +40,14 @@ DEFAULT_STATE_DIR = ".localcloud"
 MAX_REQUEST_BYTES = 1024 * 1024 * 1024  # S3 uploads included; anything larger gets a 413
 SERVER_THREADS = 32  # requests in flight at once; jobs and queries run in their own threads
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
+
+
+def free_port() -> int:
+    """A port nothing listens on at the moment, on loopback: for servers started by the local cloud,
+    the benchmarks and the tests."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def signing_scope(request: Request) -> tuple[str, str | None]:

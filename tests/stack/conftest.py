@@ -4,7 +4,6 @@ temporary folder, started and stopped through `python -m include.stack` like mak
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ import httpx
 import pytest
 from dotenv import dotenv_values
 
+from include.localcloud.server import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "fraud_detection"
 API_TIMEOUT = 120  # seconds: one API server worker on a busy 2-core machine can be slow to answer
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

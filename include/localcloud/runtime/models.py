@@ -8,7 +8,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,13 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from botocore.exceptions import ClientError
 
-if TYPE_CHECKING:
-    from include.localcloud.server import LocalCloud
+from include.localcloud.server import LocalCloud, free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +37,6 @@ class ModelServerError(Exception):
 
 class ModelUnreachable(Exception):
     """The model server did not answer (it died or closed the connection)."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def log_group(endpoint_name: str) -> str:
