@@ -3,7 +3,6 @@ moto's in-memory state snapshotted to the state folder so it survives a restart.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 from moto.backends import get_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-log = logging.getLogger(__name__)
+from include.localcloud.periodic import PeriodicWork
 
 PERSISTED_SERVICES = ("s3", "glue", "sts", "iam", "logs")
 SNAPSHOT_INTERVAL_SECONDS = 2.0
@@ -27,8 +26,7 @@ class MotoServices:
         self.app = DomainDispatcherApplication(create_backend_app)
         self.snapshot_path = snapshot_path
         self._dirty = threading.Event()
-        self._stopping = threading.Event()
-        self._saver: threading.Thread | None = None
+        self._snapshots = PeriodicWork(self._save_if_dirty, SNAPSHOT_INTERVAL_SECONDS, "moto-snapshots")
         self._save_lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -61,20 +59,12 @@ class MotoServices:
             temporary.replace(self.snapshot_path)
 
     def start(self) -> None:
-        self._stopping.clear()
-        self._saver = threading.Thread(target=self._save_loop, name="moto-snapshots", daemon=True)
-        self._saver.start()
+        self._snapshots.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._saver is not None:
-            self._saver.join()
+        self._snapshots.stop()
         self.save()
 
-    def _save_loop(self) -> None:
-        while not self._stopping.wait(SNAPSHOT_INTERVAL_SECONDS):
-            if self._dirty.is_set():
-                try:
-                    self.save()
-                except Exception:  # a failed snapshot is retried on the next tick
-                    log.exception("could not snapshot moto state")
+    def _save_if_dirty(self) -> None:
+        if self._dirty.is_set():
+            self.save()

@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from include.localcloud.periodic import PeriodicWork
 from include.localcloud.protocol import AwsError
 from include.localcloud.store import connect, immediate_transaction
 
@@ -336,28 +337,16 @@ class OfflineWriter:
         self.records = records
         self.describe = describe
         self.s3_client = s3_client
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A failed flush is logged; its rows wait in the journal for the next tick.
+        self._flushes = PeriodicWork(self.flush, FLUSH_INTERVAL_SECONDS, "featurestore-offline")
         self._flush_lock = threading.Lock()
 
     def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="featurestore-offline", daemon=True)
-        self._thread.start()
+        self._flushes.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._flushes.stop()
         self.flush()
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(FLUSH_INTERVAL_SECONDS):
-            try:
-                self.flush()
-            except Exception:  # a bug: logged, and the rows wait in the journal for the next tick
-                log.exception("offline store flush failed; retrying")
 
     def flush(self) -> None:
         """Write the journal's rows to S3: those there when the flush starts, so that steady
