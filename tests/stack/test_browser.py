@@ -40,7 +40,10 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     opened = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # Actions and assertions alike wait up to a minute: on 2 busy cores the stack's API server can
+    # take longer than Playwright's 5 s assertion default to answer a trigger.
     opened.set_default_timeout(60_000)
+    expect.set_options(timeout=60_000)
     yield opened
     opened.close()
 
