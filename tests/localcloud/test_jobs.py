@@ -10,6 +10,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,29 @@ print("summarized", len(rows), "rows")
     assert 0 < summary["positives"] < 300 and BUCKET in summary["buckets"]  # boto3 in the job reached S3
     assert sm.list_tags(ResourceArn=job["ProcessingJobArn"])["Tags"] == [{"Key": "team", "Value": "fraud"}]
     assert "summarized 300 rows" in log_messages(aws("logs"), "/aws/sagemaker/ProcessingJobs", "summarize-claims")
+
+
+def test_a_job_sizes_its_thread_pools_to_its_one_core(s3: Any, sm: Any, aws: Callable[..., Any]) -> None:
+    """A job holds one slot, one core. Thread pools sized to the machine made two jobs at once spin
+    against each other, each running 3 to 10 times slower."""
+    put_script(s3, "code/threads/threads.py", """
+import json
+import numpy, sklearn.ensemble, xgboost  # their native libraries bring the OpenMP and BLAS pools
+from threadpoolctl import threadpool_info
+print("pools", json.dumps(sorted({(pool["internal_api"], pool["num_threads"]) for pool in threadpool_info()})))
+""")
+    sm.create_processing_job(**script_job("thread-pools", "code/threads/threads.py"))
+    job = wait_until_done(sm.describe_processing_job, "ProcessingJobStatus", ProcessingJobName="thread-pools")
+
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    [line] = [m for m in log_messages(aws("logs"), "/aws/sagemaker/ProcessingJobs", "thread-pools")
+              if m.startswith("pools ")]
+    pools = json.loads(line.removeprefix("pools "))
+    assert {"openmp", "openblas"} <= {library for library, _ in pools}
+    assert {threads for _, threads in pools} == {1}
+    # The training toolkit's variable tells scripts the same.
+    job = training_job("cpus", {"num_round": "3"})
+    assert training_environment(job, Sandbox(Path("/tmp")), {"current_instance_type": "ml.m5.large"})["SM_NUM_CPUS"] == "1"
 
 
 def test_only_the_newest_finished_sandboxes_are_kept(s3: Any, sm: Any, cloud: LocalCloud,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from include.localcloud.sagemaker.models import (
 )
 from include.localcloud.sagemaker.sandbox import (
     CONTAINER_BASE,
+    CPUS_PER_JOB,
     HOST_NAME,
     CloudWatchLog,
     JobControl,
@@ -241,7 +241,7 @@ def training_environment(job: Resource, sandbox: Sandbox, resource_config: Resou
         "SM_CURRENT_HOST": HOST_NAME,
         "SM_HOSTS": json.dumps([HOST_NAME]),
         "SM_CURRENT_INSTANCE_TYPE": resource_config["current_instance_type"],
-        "SM_NUM_CPUS": str(os.cpu_count() or 1),
+        "SM_NUM_CPUS": str(CPUS_PER_JOB),
         "SM_NUM_GPUS": "0",
         "SM_RESOURCE_CONFIG": json.dumps(resource_config),
     }

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 CONTAINER_BASE = "/opt/ml"  # what the sandbox stands in for
 HOST_NAME = "algo-1"  # a local job runs on one host, named as SageMaker names the first one
+# A job runs in one slot of the job runner, and a slot is a core: what an instance is to a job on
+# SageMaker. Its libraries' thread pools (OpenMP in XGBoost and scikit-learn, BLAS in numpy) are
+# sized to that core. Sized to the machine, the spinning OpenMP threads of two jobs at once slowed
+# both 3 to 10 times.
+CPUS_PER_JOB = 1
+THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 STOP_GRACE_SECONDS = 5.0  # SageMaker waits 120 s between SIGTERM and SIGKILL; locally a few do
 POLL_SECONDS = 0.2
 LOG_FLUSH_SECONDS = 0.5
@@ -95,11 +101,12 @@ class JobControl:
 
 
 class JobRunner:
-    """Background threads of jobs, keyed by (store kind, name). Job processes take a slot: at most
-    os.cpu_count() run at once, the others wait (still InProgress)."""
+    """Background threads of jobs, keyed by (store kind, name). Job processes take a slot of
+    CPUS_PER_JOB cores: as many run at once as the machine has slots, the others wait (still
+    InProgress)."""
 
     def __init__(self) -> None:
-        self._slots = threading.Semaphore(os.cpu_count() or 1)
+        self._slots = threading.Semaphore(max(1, (os.cpu_count() or 1) // CPUS_PER_JOB))
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], tuple[threading.Thread, JobControl]] = {}
         self._closed = False
@@ -207,6 +214,7 @@ def container_environment(cloud_url: str, region: str, sandbox: Sandbox) -> dict
         AWS_ACCESS_KEY_ID="localcloud",
         AWS_SECRET_ACCESS_KEY="localcloud",
         PYTHONUNBUFFERED="1",  # log lines reach CloudWatch as they are printed
+        **{variable: str(CPUS_PER_JOB) for variable in THREAD_POOL_VARIABLES},
     )
     return environment
 
