@@ -121,6 +121,12 @@ def dag_params() -> dict[str, Param]:
                                       "Share of the remaining policies used as validation set.", "Dataset",
                                       minimum=0.05, maximum=0.5),
         "split_seed": number(0, "Split seed", "Seed of the stratified splits.", "Dataset", minimum=0),
+        "balance_facet": Param(
+            False, type="boolean", title="Balance the facet (SMOTE)", section="Dataset",
+            description="Mitigate bias as the reference does: add synthetic rows (SMOTE-NC) of the smaller gender "
+            "group to the training set until, for each label, it holds as many women as others. Validation and "
+            "test stay as drawn.",
+        ),
         "max_depth": number(3, "Baseline max_depth", "Depth of the baseline model's trees.", "Baseline model",
                             minimum=1, maximum=10),
         "eta": number(0.2, "Baseline eta", "Learning rate of the baseline model.", "Baseline model",
@@ -347,6 +353,7 @@ with DAG(
                 test_fraction=param("test_fraction"),
                 validation_fraction=param("validation_fraction"),
                 seed=param("split_seed"),
+                balance_facet=param("balance_facet"),
                 instance_type=param("processing_instance_type"),
                 instance_count=param("processing_instance_count"),
             ),

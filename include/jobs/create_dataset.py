@@ -1,14 +1,17 @@
 """Split the dataset query's result into train, validation and test sets (a processing job script).
 
     python3 create_dataset.py [--input-dir DIR] [--output-dir DIR] [--test-fraction 0.2]
-                              [--validation-fraction 0.2] [--seed 0]
+                              [--validation-fraction 0.2] [--seed 0] [--balance-facet false]
 
 Reads the one *.csv in <input-dir> (the Athena result: a header row naming
 schema.DATASET_COLUMNS, one row per policy), splits it stratified on the label (first the test set, a test fraction of all
 rows, then the validation set, a validation fraction of the rest) and writes, label first and
 without header (the built-in XGBoost CSV contract):
 <output-dir>/train/train.csv, validation/validation.csv, test/test.csv, and stats/stats.json
-(rows and positives per split).
+(rows and positives per split; synthetic_rows of the training set).
+
+--balance-facet true mitigates bias as the reference does: SMOTE on the facet adds synthetic rows
+to the training set only (see balance.py); validation and test stay as drawn.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+import balance
 import checks
 import pandas as pd
 import schema
@@ -102,11 +106,12 @@ def split(
     return splits
 
 
-def write_splits(splits: dict[str, pd.DataFrame], output_dir: Path) -> dict:
+def write_splits(splits: dict[str, pd.DataFrame], output_dir: Path, synthetic_rows: int = 0) -> dict:
     """Write each split as <name>/<name>.csv plus stats/stats.json; return the stats."""
     stats = {
         name: {"rows": len(part), "positives": int(part[schema.LABEL].sum())} for name, part in splits.items()
     }
+    stats["train"]["synthetic_rows"] = synthetic_rows
     for name, part in splits.items():
         folder = output_dir / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -125,9 +130,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--balance-facet", default="false")
     args = parser.parse_args(argv)
     if args.seed < 0:
         raise InvalidInput(f"--seed must be >= 0, got {args.seed}")
+    # A DAG param renders as Python's True / False.
+    if args.balance_facet.lower() not in ("true", "false"):
+        raise InvalidInput(f"--balance-facet must be true or false, got {args.balance_facet!r}")
+    args.balance_facet = args.balance_facet.lower() == "true"
     return args
 
 
@@ -135,7 +145,10 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     dataset = read_dataset(checks.single_csv(args.input_dir, "--input-dir"), header=True)
     splits = split(dataset, args.test_fraction, args.validation_fraction, args.seed)
-    stats = write_splits(splits, args.output_dir)
+    drawn = len(splits["train"])
+    if args.balance_facet:
+        splits["train"] = balance.balance_facet(splits["train"], args.seed)
+    stats = write_splits(splits, args.output_dir, synthetic_rows=len(splits["train"]) - drawn)
     print(json.dumps(stats))
 
 

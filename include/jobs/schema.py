@@ -163,6 +163,28 @@ FEATURE_COLUMNS: tuple[str, ...] = CLAIMS_FEATURES + CUSTOMERS_FEATURES
 DATASET_COLUMNS: tuple[str, ...] = (LABEL, *FEATURE_COLUMNS)
 
 
+def _categorical_groups(raw_columns: tuple[RawColumn, ...]) -> list[tuple[str, ...]]:
+    groups: list[tuple[str, ...]] = []
+    for column in raw_columns:
+        if column.encoding == ORDINAL and column.name != LABEL:
+            groups.append((column.name,))
+        elif column.encoding == ONE_HOT:
+            groups.append(tuple(column.one_hot_columns))
+    return groups
+
+
+# The dataset's categorical features, each as the columns that encode one raw column (an ordinal
+# column alone, or the levels of a one-hot column): values a synthetic row must copy, never blend.
+CATEGORICAL_FEATURE_GROUPS: tuple[tuple[str, ...], ...] = tuple(
+    _categorical_groups(RAW_CLAIMS_COLUMNS) + _categorical_groups(RAW_CUSTOMERS_COLUMNS)
+)
+# The dataset's numeric features: blended by interpolation, rounded when integral.
+_CATEGORICAL = {column for group in CATEGORICAL_FEATURE_GROUPS for column in group}
+NUMERIC_FEATURES: dict[str, str] = {
+    name: {**CLAIMS_COLUMNS, **CUSTOMERS_COLUMNS}[name] for name in FEATURE_COLUMNS if name not in _CATEGORICAL
+}
+
+
 def feature_definitions(dataset: str) -> list[dict[str, str]]:
     """FeatureDefinitions for CreateFeatureGroup of "claims" or "customers"."""
     if dataset not in COLUMNS:

@@ -227,10 +227,12 @@ def split_job(
     test_fraction: str,
     validation_fraction: str,
     seed: str,
+    balance_facet: str,
     instance_type: str,
     instance_count: str | int,
 ) -> dict[str, Any]:
-    """Split the Athena result into train/validation/test (stratified, seeded; label first)."""
+    """Split the Athena result into train/validation/test (stratified, seeded; label first), the
+    training set balanced on the facet by SMOTE when `balance_facet` renders true."""
     dataset_dir = f"{PROCESSING_ROOT}/input/dataset"
     outputs = [processing_output(split, layout.split(split), f"{OUTPUT_DIR}/{split}") for split in SPLITS]
     outputs.append(processing_output("stats", layout.dataset_stats, f"{OUTPUT_DIR}/stats"))
@@ -252,6 +254,7 @@ def split_job(
             "--test-fraction", test_fraction,
             "--validation-fraction", validation_fraction,
             "--seed", seed,
+            "--balance-facet", balance_facet,
         ],
     )
 

@@ -10,11 +10,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "include" / "jobs"
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 sys.path.insert(0, str(JOBS_DIR))
+
+import preprocess  # noqa: E402 (a sibling of the job scripts, importable once JOBS_DIR is on the path)
+import schema  # noqa: E402
 
 
 @pytest.fixture
@@ -44,3 +48,19 @@ def write_csv(path: Path, rows: list[list[object]]) -> Path:
     with path.open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def athena_result(tmp_path_factory) -> Path:
+    """What the dataset query returns on the real data: one row per policy, header, schema columns."""
+    folder = tmp_path_factory.mktemp("athena")
+    frames = {
+        dataset: pd.read_csv(preprocess.preprocess(dataset, DATA_DIR, folder / "processed", 1.0))
+        for dataset in ("claims", "customers")
+    }
+    joined = frames["claims"].merge(frames["customers"], on=schema.RECORD_IDENTIFIER, how="left")
+    result = folder / "result" / "0f3c-query-id.csv"
+    result.parent.mkdir()
+    joined[list(schema.DATASET_COLUMNS)].to_csv(result, index=False)
+    (folder / "result" / "0f3c-query-id.csv.metadata").write_bytes(b"\x00binary athena metadata")
+    return result.parent

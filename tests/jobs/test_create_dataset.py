@@ -6,30 +6,12 @@ import json
 from pathlib import Path
 
 import create_dataset
-import pandas as pd
-import preprocess
 import pytest
 import schema
 from checks import InvalidInput
 from sklearn.model_selection import train_test_split
 
-from tests.jobs.conftest import DATA_DIR, read_csv, write_csv
-
-
-@pytest.fixture(scope="module")
-def athena_result(tmp_path_factory) -> Path:
-    """What the dataset query returns on the real data: one row per policy, header, schema columns."""
-    folder = tmp_path_factory.mktemp("athena")
-    frames = {
-        dataset: pd.read_csv(preprocess.preprocess(dataset, DATA_DIR, folder / "processed", 1.0))
-        for dataset in ("claims", "customers")
-    }
-    joined = frames["claims"].merge(frames["customers"], on=schema.RECORD_IDENTIFIER, how="left")
-    result = folder / "result" / "0f3c-query-id.csv"
-    result.parent.mkdir()
-    joined[list(schema.DATASET_COLUMNS)].to_csv(result, index=False)
-    (folder / "result" / "0f3c-query-id.csv.metadata").write_bytes(b"\x00binary athena metadata")
-    return result.parent
+from tests.jobs.conftest import read_csv, write_csv
 
 
 def split_rows(output: Path) -> dict[str, list[list[str]]]:
@@ -51,7 +33,9 @@ def test_split_sizes_stratification_and_format(run_job, athena_result, tmp_path)
         len(row) == 46 and row[0] in ("0", "1") for rows in splits.values() for row in rows
     )  # no header
     stats = json.loads((tmp_path / "out" / "stats" / "stats.json").read_text())
-    assert stats == {name: {"rows": len(rows), "positives": positives[name]} for name, rows in splits.items()}
+    expected = {name: {"rows": len(rows), "positives": positives[name]} for name, rows in splits.items()}
+    expected["train"]["synthetic_rows"] = 0
+    assert stats == expected
 
     # Every row of the result lands in exactly one split, unchanged.
     source = read_csv(athena_result / "0f3c-query-id.csv")[1:]
@@ -121,6 +105,7 @@ BAD = {
         "leave the test set (2 rows) without one of the labels",
     ),
     "negative seed": (["--seed", -1], "--seed must be >= 0, got -1"),
+    "balance-facet not a boolean": (["--balance-facet", "yes"], "--balance-facet must be true or false, got 'yes'"),
 }
 
 

@@ -141,7 +141,11 @@ def dags() -> dict[str, Any]:
 
 
 # The default params, and the longest names a run can make (prefix of 20 characters, later tries).
-CASES = {"defaults": {}, "longest names": {"prefix": "abcdefghij-klmnopqrs", "endpoint_name": "e" * 63}}
+CASES = {
+    "defaults": {},
+    "longest names": {"prefix": "abcdefghij-klmnopqrs", "endpoint_name": "e" * 63},
+    "balanced facet": {"balance_facet": True},
+}
 
 
 def render(task: Any, case: str, dag: Any) -> dict[str, Any]:
@@ -330,6 +334,20 @@ def test_jobs_use_the_sdk_images_of_the_region(dags: dict[str, Any]) -> None:
     assert images["bias_before_training.clarify_job"] == (
         "205585389593.dkr.ecr.us-east-1.amazonaws.com/sagemaker-clarify-processing:1.0"
     )
+
+
+@pytest.mark.parametrize(("case", "balance_facet"), [("defaults", "False"), ("balanced facet", "True")])
+def test_the_split_job_passes_the_dataset_params_to_its_script(
+    dags: dict[str, Any], case: str, balance_facet: str
+) -> None:
+    dag = copy.deepcopy(dags["fraud_detection"])
+    task = dag.get_task("dataset.split")
+    render(task, case, dag)
+    arguments = task.config["AppSpecification"]["ContainerArguments"]
+    given = dict(zip(arguments[::2], arguments[1::2], strict=True))
+    # create_dataset.py reads Python's True / False (tests/jobs/test_balance.py).
+    assert {name: given[name] for name in ("--test-fraction", "--validation-fraction", "--seed", "--balance-facet")} \
+        == {"--test-fraction": "0.2", "--validation-fraction": "0.2", "--seed": "0", "--balance-facet": balance_facet}
 
 
 def test_register_attaches_reports_and_the_decided_status(dags: dict[str, Any]) -> None:
