@@ -51,10 +51,13 @@ def categorical_columns(codes: np.ndarray) -> dict[str, np.ndarray]:
 
 def neighbour_space(numeric: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Rows as points for the neighbour search, as SMOTE-NC measures them: numeric features in units
-    of their standard deviation; each categorical feature that differs adds 1 to the squared
-    distance (the median standard deviation, here 1)."""
-    one_hot = [(codes[:, [i]] == np.unique(codes[:, i])).astype(float) / np.sqrt(2) for i in range(codes.shape[1])]
-    return np.hstack([numeric / scale, *one_hot])
+    of their standard deviation in the training set; each categorical feature that differs adds
+    the squared median of the group's numeric standard deviations to the squared distance."""
+    standardized = numeric / scale
+    median_std = np.median(standardized.std(axis=0))
+    # A differing category sets two one-hot positions apart: each weighs median_std / sqrt(2).
+    one_hot = [(codes[:, [i]] == np.unique(codes[:, i])) * (median_std / np.sqrt(2)) for i in range(codes.shape[1])]
+    return np.hstack([standardized, *one_hot])
 
 
 def synthesize(group: pd.DataFrame, count: int, scale: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
