@@ -6,6 +6,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -20,6 +22,7 @@ from botocore.exceptions import ClientError
 from sagemaker.core import image_uris
 
 from include.localcloud.sagemaker import jobs
+from include.localcloud.sagemaker.containers import XGBOOST_ALGORITHM
 from include.localcloud.sagemaker.jobs import training_environment
 from include.localcloud.sagemaker.sandbox import Sandbox
 from include.localcloud.server import LocalCloud
@@ -318,6 +321,28 @@ def test_training_environment_follows_the_training_toolkit(tmp_path: Any) -> Non
     assert environment["SM_HP_MAX_DEPTH"] == "4"
     assert (environment["SM_CURRENT_HOST"], json.loads(environment["SM_HOSTS"])) == ("algo-1", ["algo-1"])
     assert environment["SM_CURRENT_INSTANCE_TYPE"] == "ml.m5.large"
+
+
+def test_builtin_xgboost_trains_without_loading_scikit_learn(tmp_path: Any) -> None:
+    """xgboost imports scikit-learn when installed (with scipy.stats, 0.8 s of each job's start);
+    the algorithm's process needs neither and must not load them."""
+    sandbox = Sandbox(tmp_path)
+    job = training_job("lean", {"num_round": "2", "objective": "binary:logistic"})
+    job["InputDataConfig"] = job["InputDataConfig"][:1]
+    sandbox.write_json("/opt/ml/input/config/hyperparameters.json", job["HyperParameters"])
+    sandbox.write_json("/opt/ml/input/config/inputdataconfig.json", {"train": {"ContentType": "text/csv"}})
+    sandbox.path("/opt/ml/input/data/train").mkdir(parents=True)
+    sandbox.path("/opt/ml/input/data/train/part-0.csv").write_bytes(classification_csv(50, seed=3))
+    environment = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path),
+                   **training_environment(job, sandbox, {"current_instance_type": "ml.m5.large"})}
+    # The script run as the job runs it, then a look at what its interpreter loaded.
+    probe = (f"import runpy, sys\ntry:\n    runpy.run_path({str(XGBOOST_ALGORITHM)!r}, run_name='__main__')\n"
+             "except SystemExit as exit:\n    print('exit', exit.code)\n"
+             "print('loaded', sorted(name for name in ('sklearn', 'scipy.stats') if sys.modules.get(name)))")
+    finished = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert finished.stdout.splitlines()[-2:] == ["exit 0", "loaded []"], finished.stderr
+    assert (tmp_path / "model" / "xgboost-model").exists()
 
 
 def test_builtin_xgboost_defaults_to_the_objectives_metric(s3: Any, sm: Any) -> None:
