@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 from botocore.exceptions import ClientError
+from moto.backends import get_backend
 
+from include.localcloud.moto_services import PERSISTED_SERVICES
 from include.localcloud.server import LocalCloud
 from tests.conftest import make_client
 
@@ -75,6 +80,49 @@ def test_state_survives_restart(tmp_path) -> None:
             ResourceArn="arn:aws:sagemaker:us-east-1:123456789012:model/m"
         )["Tags"]
         assert tags == [{"Key": "a", "Value": "b"}]
+
+
+def test_snapshots_write_each_s3_body_once(tmp_path) -> None:
+    """The snapshot holds S3's metadata; each body is a file of its own, written when it is new and
+    removed when no object holds it any more."""
+    body = os.urandom(2 * 1024 * 1024)
+    stored = tmp_path / "s3-bodies" / hashlib.sha256(body).hexdigest()
+    with LocalCloud(tmp_path, port=0) as cloud:
+        s3 = make_client(cloud, "s3")
+        s3.create_bucket(Bucket="bodies")
+        s3.put_object(Bucket="bodies", Key="big", Body=body)
+        s3.put_object(Bucket="bodies", Key="same-again", Body=body)
+        cloud.moto.save()
+        assert stored.read_bytes() == body  # one file for both objects, named by its content
+        written = stored.stat().st_ino
+        s3.put_object(Bucket="bodies", Key="small", Body=b"new")
+        cloud.moto.save()
+        assert stored.stat().st_ino == written  # not written again
+        assert body[:4096] not in (tmp_path / "moto.pickle").read_bytes()
+        s3.delete_object(Bucket="bodies", Key="big")
+        s3.delete_object(Bucket="bodies", Key="same-again")
+        cloud.moto.save()
+        assert not stored.exists()
+        s3.put_object(Bucket="bodies", Key="back", Body=body)
+    with LocalCloud(tmp_path, port=0) as cloud:
+        s3 = make_client(cloud, "s3")
+        assert s3.get_object(Bucket="bodies", Key="back")["Body"].read() == body
+        assert s3.get_object(Bucket="bodies", Key="small")["Body"].read() == b"new"
+        assert [item["Key"] for item in s3.list_objects_v2(Bucket="bodies")["Contents"]] == ["back", "small"]
+
+
+def test_a_snapshot_with_bodies_inside_still_restores(tmp_path) -> None:
+    """Snapshots written before bodies were stored apart: a plain pickle of moto's backends."""
+    with LocalCloud(tmp_path, port=0) as cloud:
+        s3 = make_client(cloud, "s3")
+        s3.create_bucket(Bucket="older")
+        s3.put_object(Bucket="older", Key="k", Body=b"from an older snapshot")
+        state = {name: dict(get_backend(name)) for name in PERSISTED_SERVICES}  # type: ignore[call-overload]
+    (tmp_path / "moto.pickle").write_bytes(pickle.dumps(state))
+    shutil.rmtree(tmp_path / "s3-bodies")
+    with LocalCloud(tmp_path, port=0) as cloud:
+        assert make_client(cloud, "s3").get_object(Bucket="older", Key="k")["Body"].read() == b"from an older snapshot"
+    assert (tmp_path / "s3-bodies").exists()  # written the new way at stop
 
 
 def test_empty_upload_does_not_hang(aws, tmp_path) -> None:
