@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from typing import Any
 
@@ -13,14 +14,18 @@ import httpx
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from include.jobs import schema
+from include.pipeline.clarify import bias_metrics
 from include.pipeline.settings import Settings
 from tests.stack.conftest import DAG_ID, ProcessStack, wait_for_dag
 
 RUN_TIMEOUT_SECONDS = 1800
-# Non-default params: no tuning, approval decided by the gates, which a working model passes.
+# Non-default params: the facet balanced (bias mitigation), no tuning, approval decided by the
+# gates, which a working model passes.
 PARAMS = {
     "prefix": "e2e-fraud",
     "endpoint_name": "e2e-fraud-endpoint",
+    "balance_facet": True,
     "tuning": False,
     "auto_approve": True,
     "min_test_auc": 0.7,
@@ -112,16 +117,29 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
     assert [package["ModelApprovalStatus"] for package in packages] == ["Approved"]
     assert sagemaker.describe_endpoint(EndpointName=PARAMS["endpoint_name"])["EndpointStatus"] == "InService"
 
-    # The endpoint scores the run's test set (label first, then the features) like the model did.
     s3 = aws(stack, "s3")
     bucket = Settings.from_env().bucket
-    keys = [
-        item["Key"]
-        for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PARAMS['prefix']}/runs/")["Contents"]
-        if item["Key"].endswith("/dataset/test/test.csv")
-    ]
-    assert len(keys) == 1
-    rows = list(csv.reader(io.StringIO(s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode())))
+
+    def split(name: str) -> list[list[str]]:
+        [key] = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PARAMS['prefix']}/runs/")["Contents"]
+                 if item["Key"].endswith(f"/dataset/{name}/{name}.csv")]
+        return list(csv.reader(io.StringIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())))
+
+    # The facet balanced: as many women as others within each label of the training set, so
+    # Clarify measured no class imbalance and no difference in label proportions before training.
+    facet = schema.DATASET_COLUMNS.index(schema.CLARIFY_FACET)
+    counts: dict[tuple[str, str], int] = {}
+    for row in split("train"):
+        counts[(row[0], row[facet])] = counts.get((row[0], row[facet]), 0) + 1
+    assert counts[("0", "0")] == counts[("0", "1")] and counts[("1", "0")] == counts[("1", "1")]
+    package = sagemaker.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
+    bucket_and_key = package["ModelMetrics"]["Bias"]["PreTrainingReport"]["S3Uri"].removeprefix("s3://")
+    report = s3.get_object(Bucket=bucket_and_key.split("/", 1)[0], Key=bucket_and_key.split("/", 1)[1])
+    pre_training = bias_metrics(json.loads(report["Body"].read()), "pre")
+    assert (pre_training["CI"], pre_training["DPL"]) == (0, 0)
+
+    # The endpoint scores the run's test set (label first, then the features) like the model did.
+    rows = split("test")
     labels = [int(float(row[0])) for row in rows]
     body = "\n".join(",".join(row[1:]) for row in rows)
     answer = aws(stack, "sagemaker-runtime").invoke_endpoint(
