@@ -93,11 +93,15 @@ class _SnapshotPickler(pickle.Pickler):
         self.bodies = bodies
 
     def reducer_override(self, obj: Any) -> Any:
-        # FakeKey's own __getstate__, with the body stored apart (a deleted object's closed body
-        # is left to it).
+        # FakeKey's own __getstate__, with the body stored apart. A deleted object's body is
+        # closed (ValueError when read, also while this snapshot runs): moto's own pickling takes it.
         if type(obj) is FakeKey and not obj.disposed:
+            try:
+                body = self.bodies.store(obj)
+            except ValueError:
+                return NotImplemented
             state = {name: value for name, value in obj.__dict__.items() if name not in ("_value_buffer", "lock")}
-            state["value"] = self.bodies.store(obj)
+            state["value"] = body
             return copyreg.__newobj__, (FakeKey,), state
         return NotImplemented
 
