@@ -260,6 +260,12 @@ def collect_results(config: StackConfig, run_id: str, state: str, seconds: dict[
                 "test_data_uri": package["CustomerMetadataProperties"]["test_data_uri"],
             }
         )
+    split = xcom(database, run_id, "dataset.split")
+    if split:
+        # Rows and positives of each split; synthetic_rows: the training rows balance_facet added.
+        [stats] = [output["S3Output"]["S3Uri"] for output in split["Processing"]["ProcessingOutputConfig"]["Outputs"]
+                   if output["OutputName"] == "stats"]
+        summary["dataset_rows"] = read_s3_json(s3, f"{stats.rstrip('/')}/stats.json")
     endpoint = (xcom(database, run_id, "deploy.deploy_endpoint") or {}).get("Endpoint")
     summary["endpoint_name"] = endpoint["EndpointName"] if endpoint else None
     summary["smoke_prediction"] = xcom(database, run_id, "deploy.smoke_test")
@@ -274,7 +280,7 @@ def collect_results(config: StackConfig, run_id: str, state: str, seconds: dict[
 def print_summary(summary: dict[str, Any]) -> None:
     total = sum(summary["task_seconds"].values())
     print(f"\n{summary['dag_id']} {summary['run_id']}: {summary['state']} ({total:.0f} s of task time)")
-    for key in ("baseline_test_auc", "test_auc", "test_pr_auc", "best_hyperparameters", "pre_training_bias",
+    for key in ("dataset_rows", "baseline_test_auc", "test_auc", "test_pr_auc", "best_hyperparameters", "pre_training_bias",
                 "post_training_bias", "model_package_arn", "model_approval_status", "endpoint_name",
                 "smoke_prediction"):
         if key in summary:
