@@ -3,8 +3,9 @@
 Starts the local cloud when it is not running (it stays up afterwards, so the endpoint can be
 called), runs the DAG with `airflow dags test` (Airflow metadata in SQLite under .airflow/make-run),
 shows each task as it starts and ends, then prints a short summary and writes
-reports/latest/summary.json and reports/latest/report.html. Params are overridden with CONF, e.g.
-`make run CONF='{"tuning_max_jobs": 4}'`. Airflow runs as a command, never imported here."""
+reports/latest/summary.json and reports/latest/report.html ($RUN_REPORT_DIR if set). Params
+are overridden with CONF, e.g. `make run CONF='{"tuning_max_jobs": 4}'`. Airflow runs as a
+command, never imported here."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ DEFAULT_CONF = {"auto_approve": True}
 # Job status is checked every second and job logs aren't tailed (the provider then polls only
 # every 30 s); the run's jobs still log to CloudWatch Logs.
 PIPELINE_SETTINGS = {"FRAUD_CHECK_INTERVAL": "1", "FRAUD_PRINT_JOB_LOGS": "false"}
-REPORT_DIR = PROJECT_DIR / "reports" / "latest"
+# Where the run writes its summary, report and Airflow output (tests point it elsewhere).
+REPORT_DIR = Path(os.environ.get("RUN_REPORT_DIR", PROJECT_DIR / "reports" / "latest"))
 POLL_SECONDS = 0.5
 CLOUD_START_TIMEOUT_SECONDS = 120
 

@@ -1,0 +1,45 @@
+"""`make run` (include/local_run.py) against the process stack's local cloud: the DAG runs to
+success with `airflow dags test`, and the summary and report hold what the README promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stack.conftest import REPO, ProcessStack
+
+CONF = {"prefix": "make-run-test", "endpoint_name": "make-run-test", "tuning": False, "balance_facet": True,
+        "min_test_auc": 0.7}
+SUMMARY_KEYS = {
+    "dag_id", "run_id", "state", "task_seconds", "dataset_rows", "baseline_test_auc", "test_auc", "test_pr_auc",
+    "best_hyperparameters", "pre_training_bias", "post_training_bias", "model_package_arn", "model_approval_status",
+    "endpoint_name", "smoke_prediction", "lineage_edges",
+}
+
+
+@pytest.mark.slow
+def test_make_run_runs_the_dag_and_writes_the_summary_and_report(stack: ProcessStack, tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "include.local_run", json.dumps(CONF)], cwd=REPO,
+        env={**stack.env, "RUN_REPORT_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=900,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert f"Local cloud: already running on {stack.cloud_url}." in finished.stdout
+    assert "+ deploy.smoke_test" in finished.stdout  # each task shown as it ends
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert (summary["dag_id"], summary["state"], summary["model_approval_status"]) == (
+        "fraud_detection", "success", "Approved")
+    assert summary["test_auc"] == summary["baseline_test_auc"] >= CONF["min_test_auc"]  # tuning off
+    assert summary["dataset_rows"]["train"]["synthetic_rows"] > 0  # the facet balanced
+    assert (summary["pre_training_bias"]["CI"], summary["pre_training_bias"]["DPL"]) == (0, 0)
+    assert {"DPPL", "DI"} <= set(summary["post_training_bias"])
+    assert summary["endpoint_name"] == CONF["endpoint_name"] and len(summary["smoke_prediction"]) == 5
+    assert len(summary["lineage_edges"]) > 10
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("<img") >= 5  # curves, confusion matrix, importance, bias, lineage
