@@ -14,7 +14,7 @@ import os
 import pickle
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +27,17 @@ from include.localcloud.periodic import PeriodicWork
 
 PERSISTED_SERVICES = ("s3", "glue", "sts", "iam", "logs")
 SNAPSHOT_INTERVAL_SECONDS = 2.0
+
+
+def write_durably(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write a file through a synced temporary one, then rename it: a crash leaves the old file or
+    the new one, never half of one."""
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
 
 
 @dataclass(frozen=True)
@@ -62,12 +73,7 @@ class BodyStore:
             path = self.folder / digest
             if not path.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_suffix(".tmp")
-                with temporary.open("wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                temporary.replace(path)
+                write_durably(path, lambda handle: handle.write(body))
             self._digests[id(key)] = (weakref.ref(key), digest)
         self._referenced.add(digest)
         return StoredBody(digest)
@@ -150,13 +156,8 @@ class MotoServices:
         with self._save_lock:
             self._dirty.clear()
             state = {name: dict(get_backend(name)) for name in PERSISTED_SERVICES}  # type: ignore[call-overload]
-            temporary = self.snapshot_path.with_suffix(".tmp")
             self.bodies.begin_snapshot()
-            with temporary.open("wb") as handle:
-                _SnapshotPickler(handle, self.bodies).dump(state)
-                handle.flush()
-                os.fsync(handle.fileno())
-            temporary.replace(self.snapshot_path)
+            write_durably(self.snapshot_path, lambda handle: _SnapshotPickler(handle, self.bodies).dump(state))
             self.bodies.remove_unreferenced()
 
     def start(self) -> None:
