@@ -1,19 +1,33 @@
-# Every target makes the virtualenv first, so each works on a fresh machine with Python 3.11.
+# Every target makes the virtualenv first, so each works on a fresh machine with Python 3.11
+# (3.11.2, Debian 12's, or newer). PYTHON=/path/to/python3.11 picks another interpreter.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+PYTHON_OK := $(shell $(PYTHON) -c 'import sys; print(sys.version_info[:3] >= (3, 11, 2) and sys.version_info[:2] == (3, 11))' 2>/dev/null)
+ifneq ($(PYTHON_OK),True)
+ifeq ($(wildcard $(BIN)/python),)
+$(error Needs Python 3.11 (3.11.2 or newer) to make $(VENV), and '$(PYTHON)' is not one: install python3.11 or run make PYTHON=/path/to/python3.11)
+endif
+endif
 LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv cloud run test test-fast lint bench bench-cloud bench-run clean up down status logs
+.PHONY: venv dev-venv cloud run test test-fast lint bench bench-cloud bench-run clean up down status logs
 
 venv: $(VENV)/.installed
 
+## The runtime requirements (what the image has); dev-venv adds the test and tooling packages.
 $(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	touch $@
+
+dev-venv: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $@
 
 ## Serve the local cloud in the foreground on 127.0.0.1:$(LOCALCLOUD_PORT).
@@ -40,14 +54,14 @@ logs: venv
 run: venv
 	$(BIN)/python -m include.local_run '$(CONF)'
 
-lint: venv
+lint: dev-venv
 	$(BIN)/ruff check .
 
-test: venv
+test: dev-venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: venv
+test-fast: dev-venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## Benchmarks print tables of medians: the local cloud's APIs, and the whole DAG run.
