@@ -18,7 +18,7 @@ def pinned(requirements: str) -> dict[str, str]:
 
 
 def test_nothing_reads_the_shared_folder_beside_the_clone() -> None:
-    """A user's clone has no ../shared: no tracked file but prose may point there."""
+    """A user's clone has no shared folder beside it: no tracked file but prose may point there."""
     tracked = subprocess.run(
         ["git", "grep", "-nE", r"\.\./shared|parent ?/ ?\"shared\"|'shared'\)", "--", ":!*.md"],
         cwd=REPO, capture_output=True, text=True,

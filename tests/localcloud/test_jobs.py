@@ -23,6 +23,7 @@ from sagemaker.core import image_uris
 
 from include.localcloud.sagemaker import jobs
 from include.localcloud.sagemaker.containers import XGBOOST_ALGORITHM
+from include.localcloud.sagemaker.hosting import extract_files
 from include.localcloud.sagemaker.jobs import training_environment
 from include.localcloud.sagemaker.sandbox import Sandbox
 from include.localcloud.server import LocalCloud
@@ -278,7 +279,7 @@ def test_builtin_xgboost_trains_reports_metrics_and_saves_a_loadable_model(
     archive = s3.get_object(Bucket=BUCKET, Key="models/xgb-fraud/output/model.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert tar.getnames() == ["xgboost-model"]
-        tar.extractall(tmp_path, filter="data")
+        extract_files(tar, tmp_path)
     booster = xgboost.Booster()
     booster.load_model(str(tmp_path / "xgboost-model"))
     rows = np.loadtxt(io.StringIO(classification_csv(150, seed=2).decode()), delimiter=",")
