@@ -48,6 +48,9 @@ LATENCY_CALLS = 1000
 INVOKE_CALLS = 500
 BATCH_ROWS = 1000
 BATCH_CALLS = 10
+# Serving under concurrency: one-row InvokeEndpoint calls from this many threads, a boto3 client each.
+CONCURRENT_THREADS = 32
+CONCURRENT_CALLS = 10_000
 JOIN_RUNS = 5
 READY_TIMEOUT_SECONDS = 60
 OFFLINE_TIMEOUT_SECONDS = 120
@@ -202,6 +205,44 @@ def median_latency(call: Callable[[], Any], count: int) -> tuple[float, float]:
             statistics.median(percentile(r, 0.99) for r in runs))
 
 
+@dataclass
+class Concurrent:
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+def concurrent_calls(make_call: Callable[[], Callable[[], Any]]) -> Concurrent:
+    """CONCURRENT_CALLS calls from CONCURRENT_THREADS threads, each with a client of its own
+    (`make_call` builds one and returns its call): requests/s and latency percentiles."""
+    calls = [make_call() for _ in range(CONCURRENT_THREADS)]
+    for call in calls:
+        call()  # connect and warm up
+    per_thread = CONCURRENT_CALLS // CONCURRENT_THREADS
+
+    def thread(call: Callable[[], Any]) -> list[float]:
+        samples = []
+        for _ in range(per_thread):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
+        return samples
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENT_THREADS) as pool:
+        samples = [sample for samples in pool.map(thread, calls) for sample in samples]
+    elapsed = time.perf_counter() - started
+    return Concurrent(len(samples) / elapsed, percentile(samples, 0.50), percentile(samples, 0.99))
+
+
+def one_row_invocation(url: str, endpoint: str, body: str) -> Callable[[], Callable[[], Any]]:
+    def make_call() -> Callable[[], Any]:
+        runtime = client(url, "sagemaker-runtime")
+        return lambda: runtime.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Body=body)["Body"].read()
+
+    return make_call
+
+
 def median_throughput(make_calls: Callable[[int], list[Callable[[], Any]]], server_pid: int) -> Throughput:
     runs = [throughput(make_calls(repetition), server_pid) for repetition in range(REPETITIONS)]
     return min(runs, key=lambda run: abs(run.per_second - statistics.median(r.per_second for r in runs)))
@@ -322,6 +363,7 @@ def run(work: Path) -> list[Row]:
     with null_server() as (null_url, null_pid):
         null_featurestore = client(null_url, "sagemaker-featurestore-runtime")
         ceiling = median_throughput(lambda _: put_calls(null_featurestore, "bench-claims", claims), null_pid)
+        invoke_ceiling = concurrent_calls(one_row_invocation(null_url, "bench", "0"))
     with local_cloud(work / "state") as (url, process):
         sts = client(url, "sts")
         sts_p50, sts_p99 = median_latency(sts.get_caller_identity, LATENCY_CALLS)
@@ -356,7 +398,7 @@ def run(work: Path) -> list[Row]:
         rows.append(Row("GetRecord p99", get_p99, "ms", "< 5", get_p99 < 5, f"{get_p99 / sts_p99:.2f}x",
                         f"p50 {get_p50:.2f} ms ({get_p50 / sts_p50:.2f}x baseline)"))
         rows.append(join)
-        rows += measure_endpoint(url, claims, customers, sts_p50, sts_p99)
+        rows += measure_endpoint(url, claims, customers, sts_p50, sts_p99, invoke_ceiling)
     return rows
 
 
@@ -381,8 +423,10 @@ def measure_join(url: str, claims_group: dict[str, Any], customers_group: dict[s
 
 
 def measure_endpoint(url: str, claims: list[dict[str, str]], customers: list[dict[str, str]],
-                     sts_p50: float, sts_p99: float) -> list[Row]:
-    names = ("InvokeEndpoint p99 (one row)", f"InvokeEndpoint rows/s ({BATCH_ROWS}-row batches)")
+                     sts_p50: float, sts_p99: float, ceiling: Concurrent) -> list[Row]:
+    names = ("InvokeEndpoint p99 (one row)", f"InvokeEndpoint rows/s ({BATCH_ROWS}-row batches)",
+             f"InvokeEndpoint requests/s, {CONCURRENT_THREADS} threads (one row)",
+             f"InvokeEndpoint p99, {CONCURRENT_THREADS} threads (one row)")
     try:
         endpoint, lines = deploy_endpoint(url, claims, customers)
         runtime = client(url, "sagemaker-runtime")
@@ -394,13 +438,21 @@ def measure_endpoint(url: str, claims: list[dict[str, str]], customers: list[dic
         batch = "\n".join(lines[:BATCH_ROWS])
         batch_ms = statistics.median(statistics.median(latencies(invoke(batch), BATCH_CALLS)) for _ in range(REPETITIONS))
         rate = BATCH_ROWS / (batch_ms / 1000)
+        crowd = concurrent_calls(one_row_invocation(url, endpoint, lines[0]))
     except Exception as exc:  # hosting may not be there yet: say why, measure the rest
         note = f"n/a: {type(exc).__name__}: {exc}"[:200]
-        return [Row(names[0], None, "ms", "< 10", False, note=note), Row(names[1], None, "/s", ">= 20000", False)]
+        return [Row(names[0], None, "ms", "< 10", False, note=note), Row(names[1], None, "/s", ">= 20000", False),
+                Row(names[2], None, "/s", "", False), Row(names[3], None, "ms", "< 50", False)]
+    ratio = crowd.per_second / ceiling.per_second
     return [
         Row(names[0], one_p99, "ms", "< 10", one_p99 < 10, f"{one_p99 / sts_p99:.2f}x",
             f"p50 {one_p50:.2f} ms ({one_p50 / sts_p50:.2f}x baseline)"),
         Row(names[1], rate, "/s", ">= 20000", rate >= 20000, note=f"{batch_ms:.1f} ms per {BATCH_ROWS}-row call"),
+        Row(names[2], crowd.per_second, "/s", ">= 0.6x ceiling", ratio >= 0.6, f"{ratio:.2f}x ceiling",
+            f"{CONCURRENT_CALLS} calls; ceiling (do-nothing server, same threads) {ceiling.per_second:,.0f}/s, "
+            f"p50 {ceiling.p50_ms:.1f} ms, p99 {ceiling.p99_ms:.1f} ms"),
+        Row(names[3], crowd.p99_ms, "ms", "< 50", crowd.p99_ms < 50, f"{crowd.p99_ms / ceiling.p99_ms:.2f}x ceiling",
+            f"p50 {crowd.p50_ms:.1f} ms"),
     ]
 
 

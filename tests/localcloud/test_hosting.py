@@ -11,6 +11,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,20 +116,27 @@ def error_of(call: Callable[[], Any]) -> dict[str, Any]:
     return caught.value.response
 
 
-def model_server_pids(endpoints_dir: Path) -> list[int]:
-    """Model server processes working in (a folder under) `endpoints_dir`, from /proc."""
-    found = []
+def model_server_processes(endpoints_dir: Path) -> dict[int, int]:
+    """Model server processes working in (a folder under) `endpoints_dir`, from /proc: pid -> its
+    process group (a server leads its own group, with its forked workers in it)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cwd = os.readlink(proc / "cwd")
             cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
+            group = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+        except (OSError, IndexError, ValueError):
             continue
         if cwd.startswith(f"{endpoints_dir.resolve()}{os.sep}") and b"model_server.py" in cmdline:
-            found.append(int(proc.name))
+            found[int(proc.name)] = group
     return found
+
+
+def model_server_pids(endpoints_dir: Path) -> list[int]:
+    """The model servers (not their forked workers) under `endpoints_dir`."""
+    return [pid for pid, group in model_server_processes(endpoints_dir).items() if pid == group]
 
 
 @pytest.fixture(scope="module")
@@ -459,7 +467,11 @@ def test_update_switches_models_without_a_failed_request_then_delete_stops_the_s
     assert all(value == np.float32(new) for value in served_models[switch:])  # switched once, atomically
 
     endpoint_dir = cloud.state_dir / "endpoints" / "rolling"
-    assert len(model_server_pids(endpoint_dir)) == 1  # the old server was stopped
+    # The old server is stopped once its requests in flight are answered, just after the switch.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(model_server_pids(endpoint_dir)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(model_server_pids(endpoint_dir)) == 1
     sm.delete_endpoint(EndpointName="rolling")
     assert error_of(lambda: sm.describe_endpoint(EndpointName="rolling"))["Error"]["Message"] == (
         'Could not find endpoint "rolling".'
@@ -611,3 +623,42 @@ def test_model_archives_unpack_files_and_folders(tmp_path: Path) -> None:
         extract_files(tar, tmp_path / "model")
     assert (tmp_path / "model" / "xgboost-model").read_bytes() == b"booster"
     assert (tmp_path / "model" / "code" / "inference.py").is_file()
+
+
+def test_a_model_server_runs_the_workers_its_environment_asks_for(cloud, aws, model_urls) -> None:
+    """SAGEMAKER_MODEL_SERVER_WORKERS of the model's Environment, as the inference toolkit reads it:
+    that many worker processes serve at once; one that dies gets the whole server replaced."""
+    sm, runtime = aws("sagemaker"), aws("sagemaker-runtime")
+    sm.create_model(
+        ModelName="workers", ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/sagemaker",
+        PrimaryContainer={"Image": IMAGE, "ModelDataUrl": model_urls[0],
+                          "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "3"}},
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="workers", ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "workers"}]
+    )
+    sm.create_endpoint(EndpointName="workers", EndpointConfigName="workers")
+    assert wait_settled(sm, "workers")["EndpointStatus"] == "InService"
+    endpoint_dir = cloud.state_dir / "endpoints" / "workers"
+    (server,) = model_server_pids(endpoint_dir)
+    workers = [pid for pid, group in model_server_processes(endpoint_dir).items() if group == server != pid]
+    assert len(workers) == 3
+
+    rows = np.random.default_rng(9).random((2, FEATURES))
+    expected = csv_predictions(runtime, "workers", rows)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: csv_predictions(runtime, "workers", rows), range(64)))
+    for answer in answers:
+        np.testing.assert_array_equal(answer, expected)
+
+    os.kill(workers[0], 9)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while model_server_pids(endpoint_dir) in ([], [server]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    np.testing.assert_array_equal(csv_predictions(runtime, "workers", rows), expected)
+    (replacement,) = model_server_pids(endpoint_dir)
+    assert replacement != server
+    assert not set(workers) & set(model_server_processes(endpoint_dir))  # the old workers are gone
+
+    sm.delete_endpoint(EndpointName="workers")
+    assert model_server_processes(endpoint_dir) == {}

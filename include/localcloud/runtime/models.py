@@ -8,6 +8,7 @@ import http.client
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -47,8 +48,11 @@ class ModelServer:
     """One model server process (containers/model_server.py) serving the model unpacked in
     `workdir`/model, with a pool of keep-alive connections to it."""
 
-    def __init__(self, workdir: Path, endpoint_name: str, variant_name: str) -> None:
+    def __init__(
+        self, workdir: Path, endpoint_name: str, variant_name: str, environment: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
+        self.environment = environment or {}  # the model container's Environment
         self.endpoint_name = endpoint_name
         self.variant_name = variant_name
         self.log_path = workdir / "model-server.log"
@@ -67,6 +71,7 @@ class ModelServer:
         self.port = free_port()
         env = {
             **os.environ,
+            **self.environment,
             "SAGEMAKER_BASE_DIR": str(self.workdir),
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
         }
@@ -156,6 +161,11 @@ class ModelServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            try:  # workers left by a server that was killed: its process group (start_new_session)
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         with self._idle_lock:
             idle, self._idle = self._idle, []
         for connection in idle:

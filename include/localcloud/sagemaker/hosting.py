@@ -359,7 +359,8 @@ class HostingOperations:
         try:
             variant, container = self._serving_container(deployment.config_name, deployment.region)
             server = ModelServer(
-                self._endpoint_dir(name) / uuid.uuid4().hex[:12], name, variant["VariantName"]
+                self._endpoint_dir(name) / uuid.uuid4().hex[:12], name, variant["VariantName"],
+                container.get("Environment"),
             )
             self._unpack_model(container, server.workdir / "model", deployment.region)
             server.start(

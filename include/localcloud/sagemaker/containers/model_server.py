@@ -1,6 +1,8 @@
 """The inference server of the built-in XGBoost image, following SageMaker's container contract:
 the model is unpacked in <base>/model (base = $SAGEMAKER_BASE_DIR or /opt/ml), the server listens on
-$SAGEMAKER_BIND_TO_PORT (default 8080) and answers `GET /ping` and `POST /invocations`.
+$SAGEMAKER_BIND_TO_PORT (default 8080) and answers `GET /ping` and `POST /invocations`. Like the
+SageMaker inference toolkit's server, it runs $SAGEMAKER_MODEL_SERVER_WORKERS worker processes (default:
+one per CPU) on one listening socket, so requests are served in parallel beyond one interpreter's GIL.
 
 Requests: text/csv rows of features (no header, no label; an empty field is a missing value), or
 application/json as {"instances": [[...], ...]}, {"instances": [{"features": [...]}, ...]},
@@ -14,6 +16,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -230,11 +233,60 @@ def exit_with_parent() -> None:
     os._exit(0)
 
 
+def worker_count() -> int:
+    value = os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "")
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"SAGEMAKER_MODEL_SERVER_WORKERS must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def serve_workers(server: InferenceServer, workers: int) -> int:
+    """Fork the workers, which share the server's listening socket, and wait: when one dies, stop
+    the others and exit, so the supervisor replaces the whole server as SageMaker replaces an
+    instance. SIGTERM stops them all."""
+    children = []
+    for _ in range(workers):
+        child = os.fork()
+        if child == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            threading.Thread(target=exit_with_parent, daemon=True).start()
+            server.serve_forever()
+            os._exit(0)
+        children.append(child)
+    server.socket.close()  # the workers hold it
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    code = 0
+    try:
+        _, status = os.wait()
+        code = os.waitstatus_to_exitcode(status)
+        log.error("a model server worker exited with code %d; stopping the others", code)
+    finally:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # the one that exited
+        for child in children:
+            try:
+                os.waitpid(child, 0)
+            except ChildProcessError:
+                pass
+    return code or 1
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     model_dir = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "model"
     port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
     try:
+        workers = worker_count()
         model = Model(load_booster(model_dir))
     except Exception as exc:
         log.error("cannot load model: %s", exc)
@@ -244,12 +296,12 @@ def main() -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", HOST, port, exc.strerror)
         return 1
-    threading.Thread(target=exit_with_parent, daemon=True).start()
     log.info(
-        "model with %d features loaded from %s; serving on %s:%d", model.num_features, model_dir, HOST, port
+        "model with %d features loaded from %s; serving on %s:%d with %d workers",
+        model.num_features, model_dir, HOST, port, workers,
     )
-    server.serve_forever()
-    return 0
+    # The model is loaded before the fork (no thread runs yet), so each worker has it at once.
+    return serve_workers(server, workers)
 
 
 if __name__ == "__main__":
