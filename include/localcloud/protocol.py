@@ -268,6 +268,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise AwsError("SerializationException", f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError:  # deeper than the interpreter's stack: AWS's parsers refuse such nesting too
+        raise AwsError("SerializationException", "Request body is not valid JSON: nested too deeply.") from None
     if not isinstance(value, dict):
         raise AwsError("SerializationException", "Request body must be a JSON object.")
     return value

@@ -70,6 +70,13 @@ def test_malformed_and_oversized_bodies_get_4xx_and_server_stays_up(cloud, aws) 
     assert huge.status_code == 413
     unknown = requests.post(cloud.url, data=b"{}", headers={**headers, "X-Amz-Target": "SageMaker.Nope"}, timeout=5)
     assert unknown.status_code == 400
+    deep = b'{"ResourceArn": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # json's parser would recurse past the stack
+    nested = requests.post(cloud.url, data=deep, headers=headers, timeout=10)
+    assert (nested.status_code, nested.json()["__type"]) == (400, "SerializationException")
+    rest_headers = {"Authorization": headers["Authorization"], "Content-Type": "application/json"}
+    nested = requests.put(f"{cloud.url}/FeatureGroup/claims", data=b'{"Record": ' + deep[16:], headers=rest_headers,
+                          timeout=10)
+    assert nested.status_code == 400 and "nested too deeply" in nested.json()["message"]
     assert aws("sts").get_caller_identity()["Account"] == "123456789012"
 
 
