@@ -7,6 +7,7 @@ import duckdb
 import pytest
 
 from include.jobs import schema
+from include.localcloud.athena.dialect import to_duckdb
 from include.pipeline import sql
 
 DATABASE = "sagemaker_featurestore"
@@ -61,7 +62,9 @@ def test_one_row_per_policy_from_the_latest_records(offline_store: duckdb.DuckDB
     put(db, "customers", 5, 100.0, "2026-01-01 00:00:00", marker=0, written="2026-01-01 00:05:00")
     put(db, "customers", 5, 100.0, "2026-01-01 00:00:00", marker=1, written="2026-01-01 00:09:00")
 
-    result = db.execute(sql.dataset_query(DATABASE, "claims-1", "customers-1"))
+    # As the local cloud's Athena runs it: parsed as Trino SQL (which it is), transpiled to DuckDB's.
+    [transpiled] = to_duckdb(sql.dataset_query(DATABASE, "claims-1", "customers-1"))
+    result = db.execute(transpiled)
     assert tuple(column[0] for column in result.description) == schema.DATASET_COLUMNS
     rows = result.fetchall()
     claims_width = 1 + len(schema.CLAIMS_FEATURES)
@@ -79,5 +82,6 @@ def test_offline_record_count_counts_distinct_records_of_the_run(offline_store: 
     put(db, "claims", 1, 200.5, "2026-01-02 00:00:00", marker=1)
     put(db, "claims", 1, 200.5, "2026-01-02 00:00:01", marker=1)  # ingested twice
     put(db, "claims", 2, 200.5, "2026-01-02 00:00:00", marker=1)
-    [(records,)] = db.execute(sql.offline_record_count_query(DATABASE, "claims-1", 200.5)).fetchall()
+    [transpiled] = to_duckdb(sql.offline_record_count_query(DATABASE, "claims-1", 200.5))
+    [(records,)] = db.execute(transpiled).fetchall()
     assert records == 2
