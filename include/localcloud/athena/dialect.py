@@ -146,6 +146,8 @@ def _parse_error(sql: str, tokens: list[Token], error: ParseError) -> NotTrinoSq
     if previous is not None and previous.text.upper() == "QUALIFY":
         return _refused(sql, previous, "QUALIFY (Trino filters on a window function in an outer query)")
     if token.text == "`":
-        return NotTrinoSql(f"{_at(sql, token).split(': mismatched')[0]}: backquoted identifiers are not "
-                           "supported; use double quotes to quote identifiers")
+        opening = _first(tokens, "`")
+        line, column = opening.line, opening.start - sql.rfind("\n", 0, opening.start)
+        return NotTrinoSql(f"line {line}:{column}: backquoted identifiers are not supported; "
+                           "use double quotes to quote identifiers")
     return NotTrinoSql(_at(sql, token))
