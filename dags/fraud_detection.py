@@ -256,9 +256,10 @@ with DAG(
         upload = upload_raw_data()
         create_bucket >> [upload_code, upload]
         jobs = []
+        uploads = {}
         for dataset in DATASETS:
             raw_uri = SETTINGS.raw_data_uri(dataset, PREFIX)
-            upload_raw = LocalFilesystemToS3Operator(
+            uploads[dataset] = upload_raw = LocalFilesystemToS3Operator(
                 task_id=f"upload_raw_{dataset}", filename=param(f"{dataset}_file"), dest_key=raw_uri, replace=True
             )
             preprocess = SageMakerProcessingOperator(
@@ -271,6 +272,8 @@ with DAG(
                     event_time=RUN_EPOCH,
                     instance_type=param("processing_instance_type"),
                     instance_count=param("processing_instance_count"),
+                    # The claims' check that every policy has its customer reads the raw customers.
+                    customers_uri=SETTINGS.raw_data_uri("customers", PREFIX) if dataset == "claims" else None,
                 ),
                 trigger_rule=TriggerRule.NONE_FAILED,  # the raw upload may be skipped
                 **JOB_WAIT,
@@ -284,6 +287,7 @@ with DAG(
             upload >> upload_raw >> preprocess >> record
             upload_code >> preprocess
             jobs.append(preprocess)
+        uploads["customers"] >> jobs[DATASETS.index("claims")]
         return jobs
 
     @task_group

@@ -1,12 +1,15 @@
 """Input checks shared by the job scripts.
 
 A bad input ends a script with exit code 1 and ONE message on stderr naming the file, the
-column(s) and the offending rows (1-based data row numbers), with no traceback.
+column(s) and the offending rows (1-based data row numbers), with no traceback. The message leads
+with the file and is at most MAX_MESSAGE characters, long lists summarised, so that it fits whole in
+a job's FailureReason (1,024 characters).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +18,7 @@ from pathlib import Path
 INTEGER_PATTERN = re.compile(r"[+-]?\d+")
 # Decimal or scientific notation only: no blanks, "nan", "inf" or "1_000" (all of which float() takes).
 NUMBER_PATTERN = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+MAX_MESSAGE = 960  # FailureReason's 1,024, less "AlgorithmError: error: " and room to spare
 
 
 class InvalidInput(Exception):
@@ -28,8 +32,22 @@ def listing(items: Iterable[object], limit: int = 5) -> str:
     return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
 
 
+def row_ranges(rows: Sequence[int], limit: int = 5) -> str:
+    """'3, 9, 5001–5020' (runs of three or more rows as ranges), or '3, 9, 12–15, 20, 31 and 40 more rows'."""
+    runs: list[list[int]] = []
+    for row in sorted(set(rows)):
+        if runs and row == runs[-1][1] + 1:
+            runs[-1][1] = row
+        else:
+            runs.append([row, row])
+    runs = [part for first, last in runs for part in ([[first, first], [last, last]] if last == first + 1 else [[first, last]])]
+    shown = ", ".join(str(first) if first == last else f"{first}–{last}" for first, last in runs[:limit])
+    rest = sum(last - first + 1 for first, last in runs[limit:])
+    return f"{shown} and {rest} more rows" if rest else shown
+
+
 def at_rows(rows: Sequence[int]) -> str:
-    return f"at row {rows[0]}" if len(rows) == 1 else f"at rows {listing(rows)}"
+    return f"at row {rows[0]}" if len(set(rows)) == 1 else f"at rows {row_ranges(rows)}"
 
 
 def bad_values(column: str, problem: str, values: Sequence[str], rows: Sequence[int]) -> str:
@@ -42,11 +60,11 @@ def read_csv_rows(path: Path, header: bool = True) -> tuple[list[str], list[list
     """The header (empty if header=False) and the data rows of a CSV file, every row complete."""
     if not path.is_file():
         raise InvalidInput(f"{path.name}: file not found in {path.parent}")
+    data = path.read_bytes()
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [row for row in csv.reader(handle) if row]
+        rows = [row for row in csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")) if row]
     except UnicodeDecodeError as error:
-        raise InvalidInput(f"{path.name}: not UTF-8 text (byte {error.start})") from None
+        raise InvalidInput(f"{path.name}: not UTF-8 text {undecodable_cell(data, error.start, header)}") from None
     except csv.Error as error:
         raise InvalidInput(f"{path.name}: not a CSV file ({error})") from None
     if not rows:
@@ -60,6 +78,21 @@ def read_csv_rows(path: Path, header: bool = True) -> tuple[list[str], list[list
         expected = "the header has" if header else "the first row has"
         raise InvalidInput(f"{path.name}: wrong number of fields {at_rows(ragged)} ({expected} {width})")
     return names, rows
+
+
+def undecodable_cell(data: bytes, offset: int, header: bool) -> str:
+    """Where the byte at `offset` is: 'at row 17, column incident_type (byte 3138)'."""
+    before = data[:offset].decode("utf-8-sig", errors="replace")
+    # A mark where the byte is: the last record read is the one holding it.
+    records = [row for row in csv.reader(io.StringIO(before + "\x00", newline=""))]
+    earlier = [row for row in records[:-1] if row]
+    field = len(records[-1]) - 1
+    if header and not earlier:
+        return f"in the header, column {field + 1} (byte {offset})"
+    names = earlier[0] if header else []
+    column = names[field] if field < len(names) else f"{field + 1}"
+    row = len(earlier) if header else len(earlier) + 1
+    return f"at row {row}, column {column} (byte {offset})"
 
 
 def check_header(file: str, header: Sequence[str], expected: Sequence[str]) -> None:
@@ -80,20 +113,21 @@ def check_header(file: str, header: Sequence[str], expected: Sequence[str]) -> N
 
 def type_problems(column: str, values: Sequence[str], pattern: re.Pattern[str], kind: str) -> list[str]:
     """Messages for blank cells and cells that do not match pattern, in a column of values."""
-    problems = []
     blank = [number for number, value in enumerate(values, 1) if not value.strip()]
+    problems = [f"column {column} has blank values {at_rows(blank)}"] if blank else []
+    return problems + wrong_type_problems(column, values, pattern, kind)
+
+
+def wrong_type_problems(column: str, values: Sequence[str], pattern: re.Pattern[str], kind: str) -> list[str]:
+    """The message for the non-blank cells of a column that do not match pattern, if any."""
     wrong = [
         (number, value)
         for number, value in enumerate(values, 1)
         if value.strip() and not pattern.fullmatch(value)
     ]
-    if blank:
-        problems.append(f"column {column} has blank values {at_rows(blank)}")
-    if wrong:
-        problems.append(
-            bad_values(column, f"non-{kind} values", [value for _, value in wrong], [n for n, _ in wrong])
-        )
-    return problems
+    if not wrong:
+        return []
+    return [bad_values(column, f"non-{kind} values", [value for _, value in wrong], [n for n, _ in wrong])]
 
 
 def single_csv(directory: Path, parameter: str) -> Path:
@@ -112,5 +146,10 @@ def run(main: Callable[[list[str]], None]) -> None:
     try:
         main(sys.argv[1:])
     except InvalidInput as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {bounded(str(error))}", file=sys.stderr)
         sys.exit(1)
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """The message, its end cut if it is longer than `limit` (its start names the file)."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"

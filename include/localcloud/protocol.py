@@ -29,11 +29,12 @@ MAX_JSON_BODY = 8 * 1024 * 1024  # SageMaker/Athena requests are small; 8 MiB is
 class AwsError(Exception):
     """An error answered the way AWS answers it: an error code, a message and an HTTP status."""
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, fields: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.fields = fields or {}  # the error shape's other members, e.g. Athena's AthenaErrorCode
 
 
 def not_found(message: str = "Requested resource not found.") -> AwsError:
@@ -268,6 +269,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise AwsError("SerializationException", f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError:  # deeper than the interpreter's stack: AWS's parsers refuse such nesting too
+        raise AwsError("SerializationException", "Request body is not valid JSON: nested too deeply.") from None
     if not isinstance(value, dict):
         raise AwsError("SerializationException", "Request body must be a JSON object.")
     return value
@@ -414,9 +417,9 @@ def _scalar(shape: Shape, text: str) -> Any:
 
 
 def error_response(error: AwsError, request_id: str, rest: bool) -> Response:
-    body = {"__type": error.code, "message": error.message}
+    body = {"__type": error.code, "message": error.message, **error.fields}
     if rest:
-        body = {"message": error.message}
+        body = {"message": error.message, **error.fields}
     headers = {"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error.code}
     content_type = "application/json" if rest else "application/x-amz-json-1.1"
     return Response(to_json(body), error.status, headers=headers, content_type=content_type)

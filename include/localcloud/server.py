@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,13 @@ DEFAULT_PORT = 4566
 DEFAULT_STATE_DIR = ".localcloud"
 MAX_REQUEST_BYTES = 1024 * 1024 * 1024  # S3 uploads included; anything larger gets a 413
 SERVER_THREADS = 32  # requests in flight at once; jobs and queries run in their own threads
+# The front end's limits, as an AWS load balancer has them: a connection idle between requests is
+# closed after IDLE_TIMEOUT (an ALB's default idle timeout), one that has not sent a whole request
+# header HEADER_TIMEOUT after it opened or began a request is closed, and up to CONNECTION_LIMIT
+# connections are open at once (each holds a file descriptor: at most half the process's limit).
+IDLE_TIMEOUT = 60
+HEADER_TIMEOUT = 10
+CONNECTION_LIMIT = 1000
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
 
 
@@ -112,14 +121,18 @@ class LocalCloud:
         """Bind, restore state and serve in a background thread."""
         self.moto.restore()
         # waitress: keep-alive connections and a fixed thread pool, so a boto3 client reuses
-        # its connection instead of paying a TCP handshake and a new thread per request.
+        # its connection instead of paying a TCP handshake and a new thread per request. poll()
+        # instead of select(), which cannot watch descriptors past 1023.
         self._server = create_server(
             self,
             host=self.host,
             port=self.port,
             threads=SERVER_THREADS,
             max_request_body_size=MAX_REQUEST_BYTES,
-            channel_timeout=300,
+            connection_limit=min(CONNECTION_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2),
+            channel_timeout=IDLE_TIMEOUT,
+            cleanup_interval=min(10, IDLE_TIMEOUT),
+            asyncore_use_poll=True,
             ident="localcloud",
         )
         self._server.channel_class = _Channel
@@ -174,10 +187,33 @@ class LocalCloud:
 
 
 class _Channel(HTTPChannel):
-    """waitress 3.0.2 answers "Expect: 100-continue" on a request without a body (botocore sends
-    one for an empty S3 upload) and then waits forever for that body: such a request needs no 100."""
+    """waitress's connection, with the header timeout it lacks: its channel_timeout closes only
+    connections silent that long, so one that sends a byte now and then could hold a connection
+    forever, and enough of them all the connections the server takes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_deadline: float | None = time.monotonic() + HEADER_TIMEOUT
+
+    def received(self, data: bytes) -> bool:
+        result = super().received(data)
+        if self.request is not None and not self.request.headers_finished:
+            if self.header_deadline is None:
+                self.header_deadline = time.monotonic() + HEADER_TIMEOUT
+        else:
+            self.header_deadline = None
+        return result
+
+    def writable(self) -> bool:
+        # Asked on every turn of the serving loop (at least once a second): closing is a write.
+        if self.header_deadline is not None and not self.requests and time.monotonic() > self.header_deadline:
+            self.will_close = True
+        return bool(super().writable())
 
     def send_continue(self) -> None:
+        """waitress 3.0.2 answers "Expect: 100-continue" on a request without a body (botocore
+        sends one for an empty S3 upload) and then waits forever for that body: such a request
+        needs no 100."""
         if self.request.content_length == 0 and not self.request.chunked:
             self.request.expect_continue = False
             return

@@ -194,24 +194,28 @@ def preprocess_job(
     event_time: str,
     instance_type: str,
     instance_count: str | int,
+    customers_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The Data Wrangler transforms of one raw CSV, in the scikit-learn container."""
+    """The Data Wrangler transforms of one raw CSV, in the scikit-learn container. With
+    `customers_uri` (the raw customers CSV, for the claims), the job also checks that every
+    claim's policy has its customer, before anything reaches the feature store."""
     raw_dir = f"{PROCESSING_ROOT}/input/raw"
+    inputs = [processing_input("code", layout.code, CODE_DIR), processing_input("raw", raw_uri, raw_dir)]
+    arguments = ["--dataset", dataset, "--input-dir", raw_dir, "--output-dir", OUTPUT_DIR, "--event-time", event_time]
+    if customers_uri is not None:
+        customers_dir = f"{PROCESSING_ROOT}/input/customers"
+        inputs.append(processing_input("customers", customers_uri, customers_dir))
+        arguments += ["--customers-dir", customers_dir]
     return processing_job(
         settings,
         name=name,
         image_uri=sagemaker_image("sklearn"),
-        inputs=[processing_input("code", layout.code, CODE_DIR), processing_input("raw", raw_uri, raw_dir)],
+        inputs=inputs,
         outputs=[processing_output("processed", layout.processed(dataset), OUTPUT_DIR)],
         instance_type=instance_type,
         instance_count=instance_count,
         script="preprocess.py",
-        arguments=[
-            "--dataset", dataset,
-            "--input-dir", raw_dir,
-            "--output-dir", OUTPUT_DIR,
-            "--event-time", event_time,
-        ],
+        arguments=arguments,
     )
 
 

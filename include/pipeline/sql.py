@@ -7,6 +7,7 @@ from include.jobs import schema
 
 # Columns Feature Store adds to each offline record.
 API_INVOCATION_TIME = "api_invocation_time"
+WRITE_TIME = "write_time"
 IS_DELETED = "is_deleted"
 RANK = "record_rank"
 
@@ -21,12 +22,14 @@ def _table(database: str, table: str) -> str:
 
 def _latest_records(database: str, table: str) -> str:
     """Every record of the table with its rank among the versions of its record identifier: 1
-    is the latest by event time, ties broken by the latest write (earlier runs' rows and
-    re-ingested rows stay in the offline store)."""
+    is the latest as the Feature Store documentation orders them, by event time, then
+    api_invocation_time, then write_time, all descending (earlier runs' rows and re-ingested rows
+    stay in the offline store)."""
     record_id = _quoted(schema.RECORD_IDENTIFIER)
+    latest_first = ", ".join(f"{_quoted(name)} DESC" for name in (schema.EVENT_TIME, API_INVOCATION_TIME, WRITE_TIME))
     return (
-        f"SELECT *, row_number() OVER (PARTITION BY {record_id} ORDER BY {_quoted(schema.EVENT_TIME)} DESC, "
-        f"{_quoted(API_INVOCATION_TIME)} DESC) AS {RANK} FROM {_table(database, table)}"
+        f"SELECT *, row_number() OVER (PARTITION BY {record_id} ORDER BY {latest_first}) AS {RANK} "
+        f"FROM {_table(database, table)}"
     )
 
 

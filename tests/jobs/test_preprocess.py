@@ -230,7 +230,7 @@ BAD_CLAIMS = {
     "several problems, many rows": (
         [CLAIMS_HEADER, *(replaced(replaced(CLAIM_ROWS[1], "policy_id", str(n)), "collision_type", "Top")
                           for n in range(1, 9)), replaced(CLAIM_ROWS[0], "num_witnesses", "x")],
-        ["claims.csv: column collision_type has unknown values 'Top' at rows 1, 2, 3, 4, 5 and 3 more",
+        ["claims.csv: column collision_type has unknown values 'Top' at rows 1–8",
          "; column num_witnesses has non-integer values 'x' at row 9"],
     ),
 }  # fmt: skip
@@ -252,7 +252,46 @@ def test_binary_file_is_refused(run_job, tmp_path):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "claims.csv").write_bytes(b"policy_id\xff\xfe,\x00\n")
     process = run_job("preprocess", "--dataset", "claims", "--input-dir", tmp_path / "raw")
-    assert (process.returncode, process.stderr) == (1, "error: claims.csv: not UTF-8 text (byte 9)\n")
+    assert (process.returncode, process.stderr) == (
+        1, "error: claims.csv: not UTF-8 text in the header, column 1 (byte 9)\n")
+    body = ",".join(CLAIMS_HEADER) + "\n" + ",".join(CLAIM_ROWS[0]) + "\n\n"
+    broken = ",".join(CLAIM_ROWS[1]).replace("Collision", "Coll\xe9sion").encode("latin-1")
+    (tmp_path / "raw" / "claims.csv").write_bytes(body.encode() + broken + b"\n")
+    process = run_job("preprocess", "--dataset", "claims", "--input-dir", tmp_path / "raw")
+    offset = len(body.encode()) + broken.index(b"\xe9")
+    assert process.stderr == f"error: claims.csv: not UTF-8 text at row 2, column incident_type (byte {offset})\n"
+
+
+def test_many_blank_rows_are_summarised_and_the_message_fits(run_job, tmp_path):
+    """A FailureReason keeps 1,024 characters: the message leads with the file and fits."""
+    raw = read_csv(DATA_DIR / "claims.csv")
+    process, _ = run_preprocess(run_job, tmp_path, "claims", [*raw, *([""] * len(CLAIMS_HEADER) for _ in range(20))])
+    assert process.stderr == "error: claims.csv: 20 blank rows (5001–5020)\n"
+    partly = [*raw[:3], *(["9999" + str(n)] + [""] * (len(CLAIMS_HEADER) - 1) for n in range(20))]
+    process, _ = run_preprocess(run_job, tmp_path, "claims", partly)
+    assert process.stderr.startswith(
+        "error: claims.csv: blank values in 17 columns (driver_relationship, incident_type, collision_type, "
+        "incident_severity, authorities_contacted and 12 more) at rows 3–22")
+    wrong = [raw[0], *(["x"] * len(CLAIMS_HEADER) for _ in range(50))]  # every column wrong, in its own way
+    process, _ = run_preprocess(run_job, tmp_path, "claims", wrong)
+    assert process.stderr.startswith("error: claims.csv: column policy_id has non-integer values 'x' at rows 1–50")
+    assert len(process.stderr) <= len("error: \n") + 960 and process.stderr.endswith("…\n")
+
+
+def test_claims_without_customers_are_refused_naming_the_policies(run_job, tmp_path):
+    write_csv(tmp_path / "customers" / "customers.csv", [CUSTOMERS_HEADER, CUSTOMER_ROWS[1]])
+    rows = [CLAIMS_HEADER, *CLAIM_ROWS, *(replaced(CLAIM_ROWS[1], "policy_id", str(n)) for n in range(20, 30))]
+    write_csv(tmp_path / "raw" / "claims.csv", rows)
+    arguments = ["--dataset", "claims", "--input-dir", tmp_path / "raw", "--output-dir", tmp_path / "out",
+                 "--customers-dir", tmp_path / "customers"]
+    process = run_job("preprocess", *arguments)
+    assert (process.returncode, process.stderr) == (1, (
+        "error: claims.csv: column policy_id has 11 policies without a customer in customers.csv: "
+        "7, 20, 21, 22, 23 and 6 more at rows 1, 3–12\n"))
+    assert not (tmp_path / "out").exists()
+    write_csv(tmp_path / "customers" / "customers.csv", [CUSTOMERS_HEADER, *CUSTOMER_ROWS])
+    write_csv(tmp_path / "raw" / "claims.csv", [CLAIMS_HEADER, *CLAIM_ROWS])
+    assert run_job("preprocess", *arguments).returncode == 0
 
 
 def test_missing_input_file_and_bad_event_time(run_job, tmp_path):

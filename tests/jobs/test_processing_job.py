@@ -17,27 +17,34 @@ def s3_input(name: str, uri: str, local_path: str) -> dict:
     }
 
 
-def run_preprocess_job(sagemaker, name: str, raw_prefix: str) -> dict:
-    """preprocess.py with its default directories, the code input being the whole include/jobs folder."""
+def run_preprocess_job(sagemaker, name: str, raw_prefix: str, dataset: str = "customers",
+                       customers_prefix: str | None = None) -> dict:
+    """preprocess.py with its default directories, the code input being the whole include/jobs folder;
+    with `customers_prefix`, the claims' check against the raw customers."""
+    inputs = [
+        s3_input("code", f"s3://{BUCKET}/code/", "/opt/ml/processing/input/code"),
+        s3_input("raw", f"s3://{BUCKET}/{raw_prefix}", "/opt/ml/processing/input/raw"),
+    ]
+    arguments = ["--dataset", dataset, "--event-time", "1700000000"]
+    if customers_prefix is not None:
+        inputs.append(s3_input("customers", f"s3://{BUCKET}/{customers_prefix}", "/opt/ml/processing/input/customers"))
+        arguments += ["--customers-dir", "/opt/ml/processing/input/customers"]
     sagemaker.create_processing_job(
         ProcessingJobName=name,
         RoleArn="arn:aws:iam::123456789012:role/processing",
         AppSpecification={
             "ImageUri": IMAGE,
             "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/preprocess.py"],
-            "ContainerArguments": ["--dataset", "customers", "--event-time", "1700000000"],
+            "ContainerArguments": arguments,
         },
         ProcessingResources={
             "ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 5}
         },
-        ProcessingInputs=[
-            s3_input("code", f"s3://{BUCKET}/code/", "/opt/ml/processing/input/code"),
-            s3_input("raw", f"s3://{BUCKET}/{raw_prefix}", "/opt/ml/processing/input/raw"),
-        ],
+        ProcessingInputs=inputs,
         ProcessingOutputConfig={
             "Outputs": [
                 {
-                    "OutputName": "customers",
+                    "OutputName": dataset,
                     "S3Output": {
                         "S3Uri": f"s3://{BUCKET}/output/{name}/",
                         "LocalPath": "/opt/ml/processing/output",
@@ -83,3 +90,27 @@ def test_preprocess_runs_as_a_processing_job(aws):
     assert "customers.csv: column customer_gender has unknown values 'Robot' at row 2" in job["FailureReason"]
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="output/jobcode-preprocess-bad/")
     assert listed.get("KeyCount") == 0
+
+
+def test_failure_reasons_lead_with_the_file(aws):
+    """Claims without customers fail the claims' data prep, naming the file and the policies; a
+    long list of problems still fits FailureReason with its start."""
+    s3, sagemaker = aws("s3"), aws("sagemaker")
+    s3.create_bucket(Bucket=BUCKET)
+    for script in JOBS_DIR.glob("*.py"):
+        s3.upload_file(str(script), BUCKET, f"code/{script.name}")
+    claims = (DATA_DIR / "claims.csv").read_text().splitlines()
+    customers = (DATA_DIR / "customers.csv").read_text().splitlines()
+    s3.put_object(Bucket=BUCKET, Key="orphans/claims.csv", Body="\n".join(claims[:11]) + "\n")
+    s3.put_object(Bucket=BUCKET, Key="few-customers/customers.csv", Body="\n".join(customers[:9]) + "\n")
+    job = run_preprocess_job(sagemaker, "jobcode-orphan-claims", "orphans/", "claims", "few-customers/")
+    assert job["ProcessingJobStatus"] == "Failed"
+    assert job["FailureReason"] == (  # claims of policies 1-10, customers of policies 1-8
+        "AlgorithmError: error: claims.csv: column policy_id has 2 policies without a customer in customers.csv: "
+        "9, 10 at rows 9, 10")
+    blank_columns = ",".join("" for _ in claims[0].split(","))
+    wrong = [claims[0], *(",".join("x" for _ in claims[0].split(",")) for _ in range(30)), *[blank_columns] * 20]
+    s3.put_object(Bucket=BUCKET, Key="long/claims.csv", Body="\n".join(wrong) + "\n")
+    job = run_preprocess_job(sagemaker, "jobcode-long-reason", "long/", "claims")
+    assert job["FailureReason"].startswith("AlgorithmError: error: claims.csv: 20 blank rows (31–50); column ")
+    assert len(job["FailureReason"]) <= 1024

@@ -8,16 +8,22 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.backends import get_backend
 from moto.s3.models import FakeKey
 
+from include.localcloud import server
 from include.localcloud.moto_services import (
     PERSISTED_SERVICES,
     BodyStore,
@@ -70,6 +76,13 @@ def test_malformed_and_oversized_bodies_get_4xx_and_server_stays_up(cloud, aws) 
     assert huge.status_code == 413
     unknown = requests.post(cloud.url, data=b"{}", headers={**headers, "X-Amz-Target": "SageMaker.Nope"}, timeout=5)
     assert unknown.status_code == 400
+    deep = b'{"ResourceArn": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # json's parser would recurse past the stack
+    nested = requests.post(cloud.url, data=deep, headers=headers, timeout=10)
+    assert (nested.status_code, nested.json()["__type"]) == (400, "SerializationException")
+    rest_headers = {"Authorization": headers["Authorization"], "Content-Type": "application/json"}
+    nested = requests.put(f"{cloud.url}/FeatureGroup/claims", data=b'{"Record": ' + deep[16:], headers=rest_headers,
+                          timeout=10)
+    assert nested.status_code == 400 and "nested too deeply" in nested.json()["message"]
     assert aws("sts").get_caller_identity()["Account"] == "123456789012"
 
 
@@ -189,3 +202,75 @@ def test_the_sagemaker_sdk_works_unchanged(cloud, monkeypatch) -> None:
     created = ModelPackageGroup.create(model_package_group_name="sdk-group", model_package_group_description="SDK")
     assert created.model_package_group_arn.endswith(":model-package-group/sdk-group")
     assert ModelPackageGroup.get("sdk-group").model_package_group_description == "SDK"
+
+
+def half_requests(cloud: LocalCloud, count: int) -> list[socket.socket]:
+    """Connections that each send the start of a request's header and then nothing."""
+    opened = []
+    for _ in range(count):
+        connection = socket.create_connection((cloud.host, cloud.port), timeout=5)
+        connection.sendall(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-amz-json-1.1\r\n")
+        opened.append(connection)
+    return opened
+
+
+def test_half_requests_and_many_clients_leave_the_server_available(cloud) -> None:
+    """waitress takes 100 connections by default and keeps a silent one 300 s: 100 half requests
+    (or 100 idle keep-alive clients) shut everyone else out."""
+    held = half_requests(cloud, 120)
+    try:
+        quick = make_client(cloud, "sts", connect_timeout=3, read_timeout=3)
+        assert quick.get_caller_identity()["Account"] == "123456789012"
+    finally:
+        for connection in held:
+            connection.close()
+    session = boto3.session.Session()
+    clients = [session.client("sts", region_name="us-east-1", endpoint_url=cloud.url, aws_access_key_id="x",
+                              aws_secret_access_key="x",
+                              config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=3))
+               for _ in range(150)]
+    with ThreadPoolExecutor(16) as pool:  # each client keeps its connection open afterwards
+        accounts = list(pool.map(lambda client: client.get_caller_identity()["Account"], clients))
+    assert accounts == ["123456789012"] * 150
+    for client in clients:
+        client.close()
+
+
+def closed_by_server(connection: socket.socket, within: float) -> bool:
+    """Whether the server closes the connection within `within` seconds (what it still sends is read)."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        connection.settimeout(left)
+        try:
+            if connection.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def test_header_and_idle_timeouts_free_connections(tmp_path, monkeypatch) -> None:
+    """More half requests than the server takes: each is closed after the header timeout, even
+    one that trickles a byte now and then, and the server answers again; an idle keep-alive
+    connection is closed after the idle timeout."""
+    monkeypatch.setattr(server, "CONNECTION_LIMIT", 20)
+    monkeypatch.setattr(server, "HEADER_TIMEOUT", 1)
+    monkeypatch.setattr(server, "IDLE_TIMEOUT", 1)
+    with LocalCloud(tmp_path, port=0) as local:
+        held = half_requests(local, 25)
+        trickling = held[0]
+        try:
+            for _ in range(4):  # a slow header: a byte every 0.4 s is activity, not a header
+                trickling.sendall(b"X")
+                time.sleep(0.4)
+            assert closed_by_server(trickling, within=3)
+            assert all(closed_by_server(connection, within=3) for connection in held[1:])
+            answer = make_client(local, "sts", connect_timeout=3, read_timeout=3).get_caller_identity()
+            assert answer["Account"] == "123456789012"
+        finally:
+            for connection in held:
+                connection.close()
+        with socket.create_connection((local.host, local.port), timeout=5) as idle:
+            idle.sendall(b"GET /ping-nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert idle.recv(65536).startswith(b"HTTP/1.1 ")
+            assert closed_by_server(idle, within=4)

@@ -194,3 +194,32 @@ def test_a_bad_raw_file_fails_data_prep_and_nothing_reaches_the_feature_store(
             FeatureGroupName=f"{prefix}-{dataset}", RecordIdentifierValueAsString="1"
         )
         assert "Record" not in record
+
+
+@pytest.mark.slow
+def test_claims_without_customers_fail_data_prep_naming_the_policies(
+    dags: dict[str, Any], aws: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Before, both files reached the feature store and only the split failed, naming an Athena
+    result file and its blank values."""
+    customers = pd.read_csv(Settings().customers_file, dtype=str)
+    customers = customers[~customers["policy_id"].isin(["3", "7"])]
+    few_customers = tmp_path / "customers.csv"
+    customers.to_csv(few_customers, index=False)
+    prefix = "fraud-orphan-claims"
+    run = dags["fraud_detection"].test(
+        run_conf={"prefix": prefix, "customers_file": str(few_customers), "tuning": False}
+    )
+    found = states(run)
+    assert run.state == "failed"
+    assert (found["data_prep.preprocess_claims"], found["data_prep.preprocess_customers"]) == ("failed", "success")
+    assert found["feature_store.ingest_claims"] == found["feature_store.ingest_customers"] == "upstream_failed"
+    sagemaker = aws("sagemaker")
+    job = sagemaker.list_processing_jobs(NameContains=f"{prefix}-prep-claims")["ProcessingJobSummaries"][0]
+    reason = sagemaker.describe_processing_job(ProcessingJobName=job["ProcessingJobName"])["FailureReason"]
+    assert reason == ("AlgorithmError: error: claims.csv: column policy_id has 2 policies without a customer in "
+                      "customers.csv: 3, 7 at rows 3, 7")
+    record = aws("sagemaker-featurestore-runtime").get_record(
+        FeatureGroupName=f"{prefix}-claims", RecordIdentifierValueAsString="1"
+    )
+    assert "Record" not in record

@@ -7,6 +7,7 @@ import duckdb
 import pytest
 
 from include.jobs import schema
+from include.localcloud.athena.dialect import to_duckdb
 from include.pipeline import sql
 
 DATABASE = "sagemaker_featurestore"
@@ -27,12 +28,12 @@ def offline_store() -> duckdb.DuckDBPyConnection:
     return db
 
 
-def put(db: duckdb.DuckDBPyConnection, dataset: str, policy: int, event_time: float, written: str,
-        marker: int, deleted: bool = False) -> None:
+def put(db: duckdb.DuckDBPyConnection, dataset: str, policy: int, event_time: float, invoked: str,
+        marker: int, deleted: bool = False, written: str | None = None) -> None:
     """A record whose every feature is `marker` (so the test can tell versions apart)."""
     values = {name: marker for name in schema.COLUMNS[dataset]}
     values |= {schema.RECORD_IDENTIFIER: policy, schema.EVENT_TIME: event_time}
-    values |= {"write_time": written, "api_invocation_time": written, "is_deleted": deleted}
+    values |= {"write_time": written or invoked, "api_invocation_time": invoked, "is_deleted": deleted}
     names = ", ".join(f'"{name}"' for name in values)
     db.execute(f'INSERT INTO "{DATABASE}"."{dataset}-1" ({names}) VALUES ({", ".join("?" * len(values))})',
                list(values.values()))
@@ -55,16 +56,24 @@ def test_one_row_per_policy_from_the_latest_records(offline_store: duckdb.DuckDB
     put(db, "customers", 3, 100.0, "2026-01-01 00:00:00", marker=1)
     # Policy 4: a claim without customer record.
     put(db, "claims", 4, 100.0, "2026-01-01 00:00:00", marker=1)
+    # Policy 5: the same event and API invocation time, written twice: the later write_time wins.
+    put(db, "claims", 5, 100.0, "2026-01-01 00:00:00", marker=0, written="2026-01-01 00:05:00")
+    put(db, "claims", 5, 100.0, "2026-01-01 00:00:00", marker=1, written="2026-01-01 00:09:00")
+    put(db, "customers", 5, 100.0, "2026-01-01 00:00:00", marker=0, written="2026-01-01 00:05:00")
+    put(db, "customers", 5, 100.0, "2026-01-01 00:00:00", marker=1, written="2026-01-01 00:09:00")
 
-    result = db.execute(sql.dataset_query(DATABASE, "claims-1", "customers-1"))
+    # As the local cloud's Athena runs it: parsed as Trino SQL (which it is), transpiled to DuckDB's.
+    [transpiled] = to_duckdb(sql.dataset_query(DATABASE, "claims-1", "customers-1"))
+    result = db.execute(transpiled)
     assert tuple(column[0] for column in result.description) == schema.DATASET_COLUMNS
     rows = result.fetchall()
     claims_width = 1 + len(schema.CLAIMS_FEATURES)
-    assert len(rows) == 3  # policies 1, 2, 4 in policy order
+    assert len(rows) == 4  # policies 1, 2, 4, 5 in policy order
     assert rows[0] == (1,) * len(schema.DATASET_COLUMNS)
     assert rows[1] == (1,) * len(schema.DATASET_COLUMNS)
     assert rows[2][:claims_width] == (1,) * claims_width
     assert rows[2][claims_width:] == (None,) * len(schema.CUSTOMERS_FEATURES)
+    assert rows[3] == (1,) * len(schema.DATASET_COLUMNS)
 
 
 def test_offline_record_count_counts_distinct_records_of_the_run(offline_store: duckdb.DuckDBPyConnection) -> None:
@@ -73,5 +82,6 @@ def test_offline_record_count_counts_distinct_records_of_the_run(offline_store: 
     put(db, "claims", 1, 200.5, "2026-01-02 00:00:00", marker=1)
     put(db, "claims", 1, 200.5, "2026-01-02 00:00:01", marker=1)  # ingested twice
     put(db, "claims", 2, 200.5, "2026-01-02 00:00:00", marker=1)
-    [(records,)] = db.execute(sql.offline_record_count_query(DATABASE, "claims-1", 200.5)).fetchall()
+    [transpiled] = to_duckdb(sql.offline_record_count_query(DATABASE, "claims-1", 200.5))
+    [(records,)] = db.execute(transpiled).fetchall()
     assert records == 2

@@ -1,4 +1,4 @@
-"""Athena's engine in the local cloud: SQL run by DuckDB over the Glue Data Catalog's tables, whose
+"""Athena's engine in the local cloud: Trino SQL (see dialect.py) run by DuckDB over the Glue Data Catalog's tables, whose
 S3 objects (Parquet, CSV, delimited text) are loaded into an in-memory DuckDB database per region
 and reloaded only when the table's definition or its objects' ETags change. Results are rendered
 the way Athena renders them: every value a string, typed column metadata, an all-quoted CSV."""
@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
+
+from include.localcloud.athena.dialect import NotTrinoSql, to_duckdb
 
 CATALOG = "awsdatacatalog"  # the DuckDB database holding the Glue tables; Athena's catalog name
 DEFAULT_DATABASE = "default"
@@ -507,23 +509,28 @@ def run_query(
             f"NOT_SUPPORTED: {keyword.upper()} statements are not supported by the local cloud's Athena, "
             "which runs queries over the tables of the Glue Data Catalog (create tables with Glue)"
         )
+    started = time.monotonic()
+    try:
+        transpiled = to_duckdb(sql)  # Athena's StartQueryExecution refuses what does not parse first
+    except NotTrinoSql as exc:
+        raise QueryFailed(f"SYNTAX_ERROR: {exc}") from None
+    if len(transpiled) != 1:
+        raise QueryFailed(f"Only one sql statement is allowed. Got: {sql[:200]}")
+    duckdb_sql = transpiled[0]
     cursor = catalog.cursor(database)
     on_cursor(cursor)
     try:
-        started = time.monotonic()
         try:
-            statements = cursor.extract_statements(sql)
+            statements = cursor.extract_statements(duckdb_sql)
         except duckdb.Error as exc:
             raise QueryFailed(f"SYNTAX_ERROR: {first_line(exc)}") from None
-        if len(statements) != 1:
-            raise QueryFailed(f"Only one sql statement is allowed. Got: {sql[:200]}")
-        if statements[0].type != duckdb.StatementType.SELECT:
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise QueryFailed(f"NOT_SUPPORTED: {statements[0].type.name} statements are not supported")
-        parsed = parse_query(cursor, sql, database)
+        parsed = parse_query(cursor, duckdb_sql, database)
         scanned = catalog.prepare(parsed.tables)
         planned = time.monotonic()
         try:
-            table = cursor.sql(sql).to_arrow_table()
+            table = cursor.sql(duckdb_sql).to_arrow_table()
         except duckdb.InterruptException:
             raise
         except duckdb.ParserException as exc:

@@ -17,12 +17,15 @@ from typing import Any
 import duckdb
 from botocore.exceptions import ClientError
 
+from include.localcloud.athena.dialect import NotTrinoSql, to_duckdb
 from include.localcloud.athena.models import (
     DEFAULT_DATABASE,
     SYSTEM_ERROR,
+    WRITE_KEYWORDS,
     GlueCatalog,
     QueryFailed,
     QueryResult,
+    first_keyword,
     run_query,
     split_s3_uri,
     statement_type,
@@ -92,6 +95,11 @@ class AthenaResponse(JsonService):
             split_s3_uri(location)
         except ValueError as exc:
             raise invalid(f"outputLocation: {exc}") from None
+        if statement_type(sql) == "DML" and first_keyword(sql) not in WRITE_KEYWORDS:
+            try:
+                to_duckdb(sql)
+            except NotTrinoSql as exc:  # Athena parses a query before it takes it
+                raise AwsError("InvalidRequestException", str(exc), fields={"AthenaErrorCode": "MALFORMED_QUERY"}) from None
         if self._pool is None:
             raise AwsError("InternalServerException", "Athena is not running.", 500)
         query_id = str(uuid.uuid4())

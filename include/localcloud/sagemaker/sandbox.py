@@ -461,5 +461,13 @@ def failure_reason(sandbox: Sandbox, outcome: ProcessOutcome) -> str:
             return written[:FAILURE_REASON_MAX]
         return f"AlgorithmError: {written}"[:FAILURE_REASON_MAX]
     prefix = "AlgorithmError: "
-    tail = "\n".join(outcome.stderr_tail).strip() or f"The process exited with status {outcome.exit_code}."
-    return prefix + tail[-(FAILURE_REASON_MAX - len(prefix)):]
+    lines = [line for line in "\n".join(outcome.stderr_tail).strip().splitlines() if line.strip()]
+    if not lines:
+        return f"{prefix}The process exited with status {outcome.exit_code}."
+    # Whole lines from the end, the last (the error, as a script ends) at least: a reason that
+    # starts mid-line loses what its line leads with (the file, the exception type).
+    kept = [lines.pop()]
+    while lines and len(prefix) + sum(len(line) + 1 for line in kept) + len(lines[-1]) <= FAILURE_REASON_MAX:
+        kept.insert(0, lines.pop())
+    reason = prefix + "\n".join(kept)
+    return reason if len(reason) <= FAILURE_REASON_MAX else reason[: FAILURE_REASON_MAX - 1] + "…"
