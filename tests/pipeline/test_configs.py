@@ -210,14 +210,14 @@ def requests_of(task: Any, context: dict[str, Any]) -> list[Request]:
         # The provider casts the integer fields it knows, then sends the config as it is.
         task._create_integer_fields()
         task.parse_config_integers()
-        operation = {
-            SageMakerProcessingOperator: "CreateProcessingJob",
-            SageMakerTrainingOperator: "CreateTrainingJob",
-            SageMakerTuningOperator: "CreateHyperParameterTuningJob",
-            SageMakerModelOperator: "CreateModel",
-            SageMakerEndpointConfigOperator: "CreateEndpointConfig",
-            SageMakerEndpointOperator: "CreateEndpoint",
-        }[type(task)]
+        [operation] = [operation for kind, operation in (
+            (SageMakerProcessingOperator, "CreateProcessingJob"),
+            (SageMakerTrainingOperator, "CreateTrainingJob"),
+            (SageMakerTuningOperator, "CreateHyperParameterTuningJob"),
+            (SageMakerModelOperator, "CreateModel"),
+            (SageMakerEndpointConfigOperator, "CreateEndpointConfig"),
+            (SageMakerEndpointOperator, "CreateEndpoint"),
+        ) if isinstance(task, kind)]
         found = [("sagemaker", operation, task.config)]
         if isinstance(task, SageMakerEndpointOperator):  # an existing endpoint is updated instead
             update = {k: v for k, v in task.config.items() if k != "Tags"}
@@ -348,6 +348,14 @@ def test_the_split_job_passes_the_dataset_params_to_its_script(
     # create_dataset.py reads Python's True / False (tests/jobs/test_balance.py).
     assert {name: given[name] for name in ("--test-fraction", "--validation-fraction", "--seed", "--balance-facet")} \
         == {"--test-fraction": "0.2", "--validation-fraction": "0.2", "--seed": "0", "--balance-facet": balance_facet}
+
+
+def test_the_tuning_job_is_seeded_by_the_tuning_seed_param(dags: dict[str, Any]) -> None:
+    dag = copy.deepcopy(dags["fraud_detection"])
+    task = dag.get_task("train.tune")
+    dag.params["tuning_seed"] = 1234
+    [(_, _, request)] = requests_of(task, render(task, "defaults", dag))
+    assert request["HyperParameterTuningJobConfig"]["RandomSeed"] == 1234  # an integer, as the API wants
 
 
 def test_register_attaches_reports_and_the_decided_status(dags: dict[str, Any]) -> None:
