@@ -37,6 +37,7 @@ from fraud_operators.feature_store import (
 )
 from fraud_operators.lineage import SageMakerLineageOperator
 from fraud_operators.registry import RegisterModelVersionOperator
+from fraud_operators.retries import DeterministicFailuresFailAtOnce
 from fraud_operators.s3 import LocalFolderToS3Operator, read_s3_json
 from fraud_operators.training import SageMakerBestTrainingJobOperator, SageMakerSeededTuningOperator
 
@@ -231,7 +232,7 @@ with DAG(
     params=dag_params(),
     user_defined_filters={"short_hash": configs.short_hash},
     user_defined_macros={"sagemaker_image": SETTINGS.image_uri},
-    default_args=SETTINGS.retry_args,
+    default_args={**SETTINGS.retry_args, "retry_policy": DeterministicFailuresFailAtOnce()},
     tags=["fraud-detection", "sagemaker", "ml"],
 ) as dag:
 

@@ -80,6 +80,9 @@ def test_preprocess_runs_as_a_processing_job(aws):
 
     job = run_preprocess_job(sagemaker, "jobcode-preprocess-bad", "bad/")
     assert job["ProcessingJobStatus"] == "Failed"
+    # A bad input is the job's ClientError, as SageMaker marks what a retry cannot fix.
+    assert job["FailureReason"].startswith("ClientError: customers.csv: ")
     assert "customers.csv: column customer_gender has unknown values 'Robot' at row 2" in job["FailureReason"]
+    assert job["ExitMessage"] == job["FailureReason"]
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="output/jobcode-preprocess-bad/")
     assert listed.get("KeyCount") == 0

@@ -220,6 +220,21 @@ def test_failing_job_carries_the_tail_of_its_error(s3: Any, sm: Any) -> None:
     assert "ProcessingEndTime" in job
 
 
+def test_a_processing_jobs_exit_message_is_described_and_names_its_failure(s3: Any, sm: Any) -> None:
+    script = ("import os, pathlib\nout = pathlib.Path(os.environ['SAGEMAKER_BASE_DIR'], 'output')\n"
+              "out.mkdir(exist_ok=True)\n(out / 'message').write_text({text!r})\nraise SystemExit({code})\n")
+    put_script(s3, "code/told/bad.py", script.format(text="ClientError: rows.csv: no data rows", code=1))
+    put_script(s3, "code/told/good.py", script.format(text="42 rows written", code=0))
+    sm.create_processing_job(**script_job("told-bad", "code/told/bad.py"))
+    sm.create_processing_job(**script_job("told-good", "code/told/good.py"))
+    bad = wait_until_done(sm.describe_processing_job, "ProcessingJobStatus", ProcessingJobName="told-bad")
+    good = wait_until_done(sm.describe_processing_job, "ProcessingJobStatus", ProcessingJobName="told-good")
+
+    assert (bad["ProcessingJobStatus"], bad["FailureReason"], bad["ExitMessage"]) == (
+        "Failed", "ClientError: rows.csv: no data rows", "ClientError: rows.csv: no data rows")
+    assert (good["ProcessingJobStatus"], good["ExitMessage"]) == ("Completed", "42 rows written")
+
+
 @pytest.mark.parametrize(("name", "image", "reason"), [
     ("unknown-image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/my-own:latest", "is not supported by the local cloud"),
     ("missing-input", SKLEARN_IMAGE, 'No S3 objects found under S3 URL "s3://jobs-tests/code/nothing-here/"'),

@@ -47,6 +47,7 @@ from include.localcloud.sagemaker.sandbox import (
     container_environment,
     container_relative,
     download_s3_prefix,
+    exit_message,
     failure_reason,
     run_process,
     tar_directory,
@@ -485,9 +486,12 @@ class JobOperations:
             environment = {**container_environment(self.cloud.url, region, sandbox), **job.get("Environment", {})}
             with self._log(PROCESSING, name, region) as log_stream:
                 outcome = run_process(command, environment, sandbox.root, control, log_stream.write)
+            message = exit_message(sandbox)
+            if message is not None:
+                self._update(PROCESSING, name, lambda body: body.update(ExitMessage=message))
             control.check()
             if outcome.exit_code != 0:
-                raise JobFailure(failure_reason(sandbox, outcome))
+                raise JobFailure(failure_reason(sandbox, outcome, message))
             for output in outputs:
                 upload_directory(s3, sandbox.path(output["S3Output"]["LocalPath"]), output["S3Output"]["S3Uri"])
 
