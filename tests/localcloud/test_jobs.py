@@ -36,7 +36,8 @@ SKLEARN_IMAGE = image_uris.retrieve("sklearn", region=REGION, version="1.2-1")
 BUCKET = "jobs-tests"
 CLUSTER = {"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 5}}
 RESOURCES = {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5}
-LOCAL_CLOUD_STOPPED = "The local cloud stopped while the job was running."
+LOCAL_CLOUD_STOPPED = ("InternalServerError: The job was interrupted: the local cloud stopped while it was running. "
+                       "Please try again.")
 
 
 def classification_csv(rows: int, seed: int) -> bytes:

@@ -156,7 +156,8 @@ def render(task: Any, case: str, dag: Any) -> dict[str, Any]:
         "run_id": "scheduled__2026-11-27T03:05:26.031737+00:00",
         "ti": ti,
         "task_instance": ti,
-        "dag_run": SimpleNamespace(run_after=datetime(2026, 11, 27, 3, 5, 26, tzinfo=UTC), run_type="manual"),
+        "dag_run": SimpleNamespace(run_after=datetime(2026, 11, 27, 3, 5, 26, tzinfo=UTC), run_type="manual",
+                                   start_date=datetime(2026, 11, 27, 3, 5, 27, tzinfo=UTC)),
     }
     task.render_template_fields(context)
     return context
@@ -362,7 +363,7 @@ def test_register_attaches_reports_and_the_decided_status(dags: dict[str, Any]) 
     dag = copy.deepcopy(dags["fraud_detection"])
     task = dag.get_task("registry.register")
     context = render(task, "defaults", dag)
-    [_, (_, _, package)] = requests_of(task, context)
+    *_, (_, _, package) = requests_of(task, context)  # after its look for an earlier try's version
     assert package["ModelApprovalStatus"] == "Approved"
     assert package["ModelPackageGroupName"] == "fraud-detection"
     metrics = package["ModelMetrics"]

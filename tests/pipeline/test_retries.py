@@ -15,6 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from fraud_operators.retries import DeterministicFailuresFailAtOnce
 
+from include.localcloud.sagemaker.jobs import LOCAL_CLOUD_STOPPED
 from include.pipeline import decisions
 from tests.localcloud.test_jobs import airflow_connection, put_script, s3, script_job  # noqa: F401 (fixtures)
 from tests.pipeline.test_decisions import DEFAULT_PARAMS
@@ -73,5 +74,5 @@ def test_throttling_and_lost_connections_are_retried() -> None:
                           aws_access_key_id="x", aws_secret_access_key="x",
                           config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     assert action(raised(nobody.get_caller_identity)) is RetryAction.DEFAULT
-    interrupted = AirflowException("SageMaker job failed because The local cloud stopped while the job was running.")
+    interrupted = AirflowException(f"SageMaker job failed because {LOCAL_CLOUD_STOPPED}")
     assert action(interrupted) is RetryAction.DEFAULT

@@ -66,7 +66,9 @@ log = logging.getLogger(__name__)
 ACTIVE_STATUSES = ("InProgress", "Stopping")
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
 KEPT_SANDBOXES = 20  # of finished jobs, per kind
-LOCAL_CLOUD_STOPPED = "The local cloud stopped while the job was running."
+# SageMaker's words for a job its platform lost: InternalServerError, which a retry may mend.
+LOCAL_CLOUD_STOPPED = ("InternalServerError: The job was interrupted: the local cloud stopped while it was running. "
+                       "Please try again.")
 DEFAULT_MAX_RUNTIME_SECONDS = 86400  # SageMaker's StoppingCondition when a training job gives none
 SCRIPT_IMAGES = ("sagemaker-scikit-learn", XGBOOST_IMAGE)  # processing: run the given entrypoint
 PROCESSING_PATH = f"{CONTAINER_BASE}/processing/"  # ProcessingInput/Output LocalPaths live below it
