@@ -11,6 +11,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import SageMakerModelOpera
 from airflow.sdk import DAG, Param
 from fraud_operators.deployment import deploy_to_endpoint
 from fraud_operators.registry import SageMakerLatestApprovedModelPackageOperator
+from fraud_operators.retries import DeterministicFailuresFailAtOnce
 
 from include.pipeline import configs
 from include.pipeline.configs import resource_name
@@ -48,7 +49,7 @@ with DAG(
     },
     user_defined_filters={"short_hash": configs.short_hash},
     user_defined_macros={"sagemaker_image": SETTINGS.image_uri},
-    default_args=SETTINGS.retry_args,
+    default_args={**SETTINGS.retry_args, "retry_policy": DeterministicFailuresFailAtOnce()},
     tags=["fraud-detection", "sagemaker", "deployment"],
 ) as dag:
     latest_approved = SageMakerLatestApprovedModelPackageOperator(

@@ -17,7 +17,6 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     SageMakerModelOperator,
     SageMakerProcessingOperator,
     SageMakerTrainingOperator,
-    SageMakerTuningOperator,
 )
 from airflow.providers.amazon.aws.transfers.local_to_s3 import LocalFilesystemToS3Operator
 from airflow.sdk import (
@@ -38,8 +37,9 @@ from fraud_operators.feature_store import (
 )
 from fraud_operators.lineage import SageMakerLineageOperator
 from fraud_operators.registry import RegisterModelVersionOperator
+from fraud_operators.retries import DeterministicFailuresFailAtOnce
 from fraud_operators.s3 import LocalFolderToS3Operator, read_s3_json
-from fraud_operators.training import SageMakerBestTrainingJobOperator
+from fraud_operators.training import SageMakerBestTrainingJobOperator, SageMakerSeededTuningOperator
 
 from include.jobs import schema
 from include.pipeline import clarify, configs, decisions, sql
@@ -140,6 +140,9 @@ def dag_params() -> dict[str, Param]:
                                   minimum=1, maximum=100),
         "tuning_parallel_jobs": number(2, "Parallel tuning jobs", "Training jobs run at the same time.", "Tuning",
                                        minimum=1, maximum=10),
+        "tuning_seed": number(0, "Tuning seed", "Seed of the search (RandomSeed): the same seed on the same data "
+                              "gives the same trials and the same tuned model.", "Tuning", minimum=0,
+                              maximum=2**31 - 1),
         **tuning_ranges,
         "processing_instance_type": instance_type(
             SETTINGS.processing_instance_type, "ProcessingInstanceType", "Processing jobs"
@@ -229,7 +232,7 @@ with DAG(
     params=dag_params(),
     user_defined_filters={"short_hash": configs.short_hash},
     user_defined_macros={"sagemaker_image": SETTINGS.image_uri},
-    default_args=SETTINGS.retry_args,
+    default_args={**SETTINGS.retry_args, "retry_policy": DeterministicFailuresFailAtOnce()},
     tags=["fraud-detection", "sagemaker", "ml"],
 ) as dag:
 
@@ -400,7 +403,7 @@ with DAG(
         def tuning_enabled(params: dict[str, Any] | None = None) -> bool:
             return params["tuning"]
 
-        tune = SageMakerTuningOperator(
+        tune = SageMakerSeededTuningOperator(
             task_id="tune",
             config=configs.tuning_job(
                 SETTINGS, LAYOUT,
@@ -410,6 +413,7 @@ with DAG(
                 },
                 max_jobs=param("tuning_max_jobs"),
                 parallel_jobs=param("tuning_parallel_jobs"),
+                random_seed=param("tuning_seed"),
                 instance_type=param("training_instance_type"),
                 instance_count=param("training_instance_count"),
             ),

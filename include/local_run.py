@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -179,6 +180,40 @@ def run_dag(config: StackConfig, conf: dict[str, Any], show_tasks: bool = True) 
     return run_id, state, seconds
 
 
+TASK_STARTS = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")  # a log record, not a traceback line
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.+)")  # "module.Error: message" ending a traceback
+# The provider's words around a SageMaker job's FailureReason, and SageMaker's mark of bad input.
+REASON_WRAPPERS = re.compile(r"^(SageMaker (?:job|resource) failed because |Error training \S+: Failed Reason: )?(ClientError: )?")
+
+
+def failure_reasons(log_path: Path) -> dict[str, str]:
+    """The one-line reason of each task's last failure in `airflow dags test`'s output: the
+    message of the exception it failed with (a job's FailureReason without the provider's words)."""
+    reasons: dict[str, str] = {}
+    task, traceback = None, None
+    with log_path.open(errors="replace") as log:
+        for line in log:
+            if LOG_LINE.match(line):
+                if task and traceback:
+                    messages = [match.group(1) for text in traceback if (match := EXCEPTION_LINE.match(text))]
+                    if messages:
+                        reasons[task] = REASON_WRAPPERS.sub("", messages[-1].strip(), count=1)
+                traceback = [] if "Task failed with exception" in line else None
+                if started := TASK_STARTS.search(line):
+                    task = started.group(1)
+            elif traceback is not None:
+                traceback.append(line)
+    return reasons
+
+
+def print_failures(log_path: Path, states: dict[str, tuple[str | None, float | None]]) -> None:
+    """Each failed task and why, last, so that the reason need not be dug out of the log."""
+    reasons = failure_reasons(log_path)
+    for task_id in sorted(task for task, (state, _) in states.items() if state == "failed"):
+        print(f"  {task_id}: {reasons.get(task_id, 'see the log')}", file=sys.stderr)
+
+
 def _mark(state: str) -> str:
     return {"running": ">", "success": "+", "skipped": "-"}.get(state, "!")
 
@@ -321,7 +356,8 @@ def main(argv: list[str]) -> int:
               f"  aws --endpoint-url {config.cloud_url} sagemaker-runtime invoke-endpoint --endpoint-name "
               f"{summary['endpoint_name']} --content-type text/csv --body fileb://<row.csv> /dev/stdout")
     if state != "success":
-        print(f"The run ended {state}: see {REPORT_DIR / 'airflow.log'}", file=sys.stderr)
+        print(f"The run ended {state} (Airflow output: {REPORT_DIR / 'airflow.log'}). Failed tasks:", file=sys.stderr)
+        print_failures(REPORT_DIR / "airflow.log", task_states(airflow_home(config) / "airflow.db", run_id))
         return 1
     return 0
 

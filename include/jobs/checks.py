@@ -1,15 +1,18 @@
 """Input checks shared by the job scripts.
 
-A bad input ends a script with exit code 1 and ONE message on stderr naming the file, the
-column(s) and the offending rows (1-based data row numbers), with no traceback. The message leads
-with the file and is at most MAX_MESSAGE characters, long lists summarised, so that it fits whole in
-a job's FailureReason (1,024 characters).
+A bad input ends a script with exit code 1 and ONE message naming the file, the column(s) and
+the offending rows (1-based data row numbers), with no traceback: on stderr, and as the
+processing job's exit message (/opt/ml/output/message, DescribeProcessingJob's ExitMessage),
+"ClientError: <message>" as SageMaker marks a job's bad input, so that a retry is not tried. The
+message leads with the file and is at most MAX_MESSAGE characters, long lists summarised, so that
+it fits whole in a job's FailureReason (1,024 characters).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +21,7 @@ from pathlib import Path
 INTEGER_PATTERN = re.compile(r"[+-]?\d+")
 # Decimal or scientific notation only: no blanks, "nan", "inf" or "1_000" (all of which float() takes).
 NUMBER_PATTERN = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-MAX_MESSAGE = 960  # FailureReason's 1,024, less "AlgorithmError: error: " and room to spare
+MAX_MESSAGE = 960  # FailureReason's 1,024, less "ClientError: " and room to spare
 
 
 class InvalidInput(Exception):
@@ -141,12 +144,23 @@ def single_csv(directory: Path, parameter: str) -> Path:
     return files[0]
 
 
+def write_exit_message(message: str) -> None:
+    """The processing container's exit message, when it runs in one (/opt/ml, or the local
+    cloud's sandbox standing in for it)."""
+    base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+    if base.is_dir():
+        (base / "output").mkdir(exist_ok=True)
+        (base / "output" / "message").write_text(message, encoding="utf-8")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a script's main; an InvalidInput becomes its message on stderr and exit code 1."""
+    """Run a script's main; an InvalidInput becomes its message (stderr, exit message) and exit code 1."""
     try:
         main(sys.argv[1:])
     except InvalidInput as error:
-        print(f"error: {bounded(str(error))}", file=sys.stderr)
+        message = bounded(str(error))
+        print(f"error: {message}", file=sys.stderr)
+        write_exit_message(f"ClientError: {message}")
         sys.exit(1)
 
 

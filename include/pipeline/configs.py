@@ -418,11 +418,12 @@ def tuning_job(
     ranges: dict[str, tuple[str, str]],
     max_jobs: str | int,
     parallel_jobs: str | int,
+    random_seed: str | int,
     instance_type: str,
     instance_count: str | int,
 ) -> dict[str, Any]:
     """A Bayesian search maximizing validation:auc; `ranges` maps each of TUNED_HYPERPARAMETERS
-    to its (min, max)."""
+    to its (min, max). The same `random_seed` on the same data gives the same trials."""
     unknown = set(ranges) - {h.name for h in TUNED_HYPERPARAMETERS}
     if unknown:
         raise ValueError(f"ranges: unknown hyperparameters {sorted(unknown)}")
@@ -443,6 +444,7 @@ def tuning_job(
             "ResourceLimits": {"MaxNumberOfTrainingJobs": max_jobs, "MaxParallelTrainingJobs": parallel_jobs},
             "ParameterRanges": parameter_ranges,
             "TrainingJobEarlyStoppingType": "Off",
+            "RandomSeed": random_seed,
         },
         "TrainingJobDefinition": {
             **_training_definition(settings, layout, "tuning", instance_type, instance_count),

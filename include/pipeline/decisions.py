@@ -14,6 +14,10 @@ REJECTED = "Rejected"
 APPROVAL_STATUSES = (PENDING, APPROVED, REJECTED)
 
 
+class InvalidParams(ValueError):
+    """Params that cannot make a run: the same params fail the same way every time."""
+
+
 def check_params(params: dict[str, Any]) -> None:
     """What JSON schemas of single params cannot say: relations between params."""
     problems = []
@@ -34,7 +38,7 @@ def check_params(params: dict[str, Any]) -> None:
         if hyperparameter.scaling == "Logarithmic" and low <= 0:
             problems.append(f"{hyperparameter.name}_min ({low}) must be above 0 for a logarithmic range")
     if problems:
-        raise ValueError("invalid params: " + "; ".join(problems))
+        raise InvalidParams("invalid params: " + "; ".join(problems))
 
 
 def should_upload_raw_data(upload_requested: bool, run_type: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
@@ -17,10 +18,33 @@ from fraud_operators.common import jsonable
 
 class RegisterModelVersionOperator(SageMakerRegisterModelVersionOperator):
     """The provider's operator with `extras` templated too, so a run can attach its own model
-    metrics and decide the approval status (extras' ModelApprovalStatus overrides model_approval)."""
+    metrics and decide the approval status (extras' ModelApprovalStatus overrides model_approval).
+
+    A retry registers nothing twice: a version of the group created since the run started whose
+    CustomerMetadataProperties give this run's run_id (an earlier try got that far) is the result.
+    """
 
     template_fields: Sequence[str] = (*SageMakerRegisterModelVersionOperator.template_fields, "extras")
     template_fields_renderers = {"extras": "json"}
+
+    def execute(self, context: Context) -> str:
+        run_id = ((self.extras or {}).get("CustomerMetadataProperties") or {}).get("run_id")
+        if run_id and (registered := self._registered_by_run(run_id, context["dag_run"].start_date)):
+            self.log.info("Run %s registered %s already (an earlier try)", run_id, registered)
+            return registered
+        return super().execute(context)
+
+    def _registered_by_run(self, run_id: str, run_start: datetime) -> str | None:
+        listing: dict[str, Any] = {"ModelPackageGroupName": self.package_group_name, "CreationTimeAfter": run_start.timestamp()}
+        while True:
+            page = self.hook.conn.list_model_packages(**listing)
+            for summary in page.get("ModelPackageSummaryList", []):
+                package = self.hook.conn.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+                if package.get("CustomerMetadataProperties", {}).get("run_id") == run_id:
+                    return summary["ModelPackageArn"]
+            if not page.get("NextToken"):
+                return None
+            listing["NextToken"] = page["NextToken"]
 
 
 class SageMakerLatestApprovedModelPackageOperator(AwsBaseOperator[SageMakerHook]):

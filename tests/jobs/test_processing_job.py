@@ -87,7 +87,10 @@ def test_preprocess_runs_as_a_processing_job(aws):
 
     job = run_preprocess_job(sagemaker, "jobcode-preprocess-bad", "bad/")
     assert job["ProcessingJobStatus"] == "Failed"
+    # A bad input is the job's ClientError, as SageMaker marks what a retry cannot fix.
+    assert job["FailureReason"].startswith("ClientError: customers.csv: ")
     assert "customers.csv: column customer_gender has unknown values 'Robot' at row 2" in job["FailureReason"]
+    assert job["ExitMessage"] == job["FailureReason"]
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="output/jobcode-preprocess-bad/")
     assert listed.get("KeyCount") == 0
 
@@ -106,11 +109,11 @@ def test_failure_reasons_lead_with_the_file(aws):
     job = run_preprocess_job(sagemaker, "jobcode-orphan-claims", "orphans/", "claims", "few-customers/")
     assert job["ProcessingJobStatus"] == "Failed"
     assert job["FailureReason"] == (  # claims of policies 1-10, customers of policies 1-8
-        "AlgorithmError: error: claims.csv: column policy_id has 2 policies without a customer in customers.csv: "
+        "ClientError: claims.csv: column policy_id has 2 policies without a customer in customers.csv: "
         "9, 10 at rows 9, 10")
     blank_columns = ",".join("" for _ in claims[0].split(","))
     wrong = [claims[0], *(",".join("x" for _ in claims[0].split(",")) for _ in range(30)), *[blank_columns] * 20]
     s3.put_object(Bucket=BUCKET, Key="long/claims.csv", Body="\n".join(wrong) + "\n")
     job = run_preprocess_job(sagemaker, "jobcode-long-reason", "long/", "claims")
-    assert job["FailureReason"].startswith("AlgorithmError: error: claims.csv: 20 blank rows (31–50); column ")
+    assert job["FailureReason"].startswith("ClientError: claims.csv: 20 blank rows (31–50); column ")
     assert len(job["FailureReason"]) <= 1024

@@ -358,6 +358,8 @@ def test_missing_model_fails_the_job_with_a_clear_message(tmp_path, cloud, datas
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ClientError: predictor.model_name: model 'no-such-model' not found")
+    # ... and the exit message (the job's FailureReason) says it too: a retry would fail the same way.
+    assert (tmp_path / "output" / "message").read_text() == last_line
 
 
 # -- the project's data -----------------------------------------------------------------------

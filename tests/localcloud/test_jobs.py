@@ -37,7 +37,8 @@ SKLEARN_IMAGE = image_uris.retrieve("sklearn", region=REGION, version="1.2-1")
 BUCKET = "jobs-tests"
 CLUSTER = {"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 5}}
 RESOURCES = {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5}
-LOCAL_CLOUD_STOPPED = "The local cloud stopped while the job was running."
+LOCAL_CLOUD_STOPPED = ("InternalServerError: The job was interrupted: the local cloud stopped while it was running. "
+                       "Please try again.")
 
 
 def classification_csv(rows: int, seed: int) -> bytes:
@@ -219,6 +220,21 @@ def test_failing_job_carries_the_tail_of_its_error(s3: Any, sm: Any) -> None:
     assert job["FailureReason"].startswith("AlgorithmError: ")
     assert job["FailureReason"].endswith("ValueError: column fraud_flag is missing")
     assert "ProcessingEndTime" in job
+
+
+def test_a_processing_jobs_exit_message_is_described_and_names_its_failure(s3: Any, sm: Any) -> None:
+    script = ("import os, pathlib\nout = pathlib.Path(os.environ['SAGEMAKER_BASE_DIR'], 'output')\n"
+              "out.mkdir(exist_ok=True)\n(out / 'message').write_text({text!r})\nraise SystemExit({code})\n")
+    put_script(s3, "code/told/bad.py", script.format(text="ClientError: rows.csv: no data rows", code=1))
+    put_script(s3, "code/told/good.py", script.format(text="42 rows written", code=0))
+    sm.create_processing_job(**script_job("told-bad", "code/told/bad.py"))
+    sm.create_processing_job(**script_job("told-good", "code/told/good.py"))
+    bad = wait_until_done(sm.describe_processing_job, "ProcessingJobStatus", ProcessingJobName="told-bad")
+    good = wait_until_done(sm.describe_processing_job, "ProcessingJobStatus", ProcessingJobName="told-good")
+
+    assert (bad["ProcessingJobStatus"], bad["FailureReason"], bad["ExitMessage"]) == (
+        "Failed", "ClientError: rows.csv: no data rows", "ClientError: rows.csv: no data rows")
+    assert (good["ProcessingJobStatus"], good["ExitMessage"]) == ("Completed", "42 rows written")
 
 
 @pytest.mark.parametrize(("name", "image", "reason"), [

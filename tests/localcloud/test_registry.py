@@ -335,6 +335,32 @@ def test_provider_register_model_version_operator(cloud, sm, monkeypatch) -> Non
     )
 
 
+def test_a_retried_registration_finds_the_version_its_run_registered(cloud, sm, monkeypatch) -> None:
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from fraud_operators.registry import RegisterModelVersionOperator
+
+    connection = {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    group = unique("retried")
+    context = {"dag_run": SimpleNamespace(start_date=datetime.now(UTC) - timedelta(minutes=1))}
+
+    def register(run_id: str) -> str:
+        return RegisterModelVersionOperator(
+            task_id="register", image_uri=IMAGE, model_url="s3://registry-models/retried/model.tar.gz",
+            package_group_name=group, extras={"CustomerMetadataProperties": {"run_id": run_id}},
+        ).execute(context)
+
+    first_try, second_try, other_run = register("manual__1"), register("manual__1"), register("manual__2")
+    assert first_try == second_try == f"{ARN_PREFIX}:model-package/{group}/1"
+    assert other_run == f"{ARN_PREFIX}:model-package/{group}/2"
+    listed = sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    assert len(listed) == 2
+
+
 def test_registry_survives_restart(tmp_path) -> None:
     with LocalCloud(tmp_path, port=0) as first:
         sm = make_client(first, "sagemaker")

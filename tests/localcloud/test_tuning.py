@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
+import tarfile
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from include.localcloud.sagemaker.jobs import JobOperations
 from include.localcloud.server import LocalCloud
 from tests.conftest import make_client
 from tests.localcloud.test_jobs import (
@@ -114,6 +118,43 @@ def test_bayesian_tuning_runs_real_trials_over_the_three_range_kinds(sm: Any) ->
     summaries = sm.list_hyper_parameter_tuning_jobs(NameContains="bayes-fraud")["HyperParameterTuningJobSummaries"]
     assert [(s["HyperParameterTuningJobName"], s["Strategy"], s["HyperParameterTuningJobStatus"])
             for s in summaries] == [("bayes-fraud", "Bayesian", "Completed")]
+
+
+def best_model(sm: Any, s3: Any, tuning: dict[str, Any]) -> bytes:
+    """The xgboost-model file of a tuning job's best training job."""
+    job = sm.describe_training_job(TrainingJobName=tuning["BestTrainingJob"]["TrainingJobName"])
+    bucket, key = job["ModelArtifacts"]["S3ModelArtifacts"].removeprefix("s3://").split("/", 1)
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())) as archive:
+        return archive.extractfile("xgboost-model").read()
+
+
+def test_the_same_random_seed_gives_the_same_trials_whichever_trial_ends_first(
+        sm: Any, aws: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Parallel trials end in a different order in each run: odd-numbered trials start late in the
+    # first, even-numbered ones in the second. The Bayesian search must not notice.
+    started_late = {"seeded-a": 1, "seeded-b": 0, "seeded-c": 1}
+    run_training_job = JobOperations._run_training_job
+
+    def run_late_or_not(self: JobOperations, name: str, control: Any) -> None:
+        tuning, index = name.rsplit("-", 2)[:2]
+        if int(index) % 2 == started_late.get(tuning, -1):
+            time.sleep(1.0)
+        run_training_job(self, name, control)
+
+    monkeypatch.setattr(JobOperations, "_run_training_job", run_late_or_not)
+    for name, seed in (("seeded-a", 7), ("seeded-b", 7), ("seeded-c", 8)):
+        sm.create_hyper_parameter_tuning_job(**tuning_job(name, "Bayesian", trials=5, parallel=2, RandomSeed=seed))
+    runs = {name: describe_tuning(sm, name) for name in started_late}
+    trials = {name: [(t["TunedHyperParameters"], t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
+                     for t in trials_of(sm, name)] for name in started_late}
+
+    assert {run["HyperParameterTuningJobStatus"] for run in runs.values()} == {"Completed"}
+    assert trials["seeded-a"] == trials["seeded-b"]  # the same hyperparameters and validation:auc, trial by trial
+    assert runs["seeded-a"]["BestTrainingJob"]["TunedHyperParameters"] == runs["seeded-b"]["BestTrainingJob"][
+        "TunedHyperParameters"]
+    s3 = aws("s3")
+    assert best_model(sm, s3, runs["seeded-a"]) == best_model(sm, s3, runs["seeded-b"])  # so the same test AUC
+    assert [hp for hp, _ in trials["seeded-c"]] != [hp for hp, _ in trials["seeded-a"]]  # another seed: other trials
 
 
 def test_random_tuning_counts_failed_trials_without_failing(sm: Any) -> None:

@@ -156,7 +156,8 @@ def render(task: Any, case: str, dag: Any) -> dict[str, Any]:
         "run_id": "scheduled__2026-11-27T03:05:26.031737+00:00",
         "ti": ti,
         "task_instance": ti,
-        "dag_run": SimpleNamespace(run_after=datetime(2026, 11, 27, 3, 5, 26, tzinfo=UTC), run_type="manual"),
+        "dag_run": SimpleNamespace(run_after=datetime(2026, 11, 27, 3, 5, 26, tzinfo=UTC), run_type="manual",
+                                   start_date=datetime(2026, 11, 27, 3, 5, 27, tzinfo=UTC)),
     }
     task.render_template_fields(context)
     return context
@@ -210,14 +211,14 @@ def requests_of(task: Any, context: dict[str, Any]) -> list[Request]:
         # The provider casts the integer fields it knows, then sends the config as it is.
         task._create_integer_fields()
         task.parse_config_integers()
-        operation = {
-            SageMakerProcessingOperator: "CreateProcessingJob",
-            SageMakerTrainingOperator: "CreateTrainingJob",
-            SageMakerTuningOperator: "CreateHyperParameterTuningJob",
-            SageMakerModelOperator: "CreateModel",
-            SageMakerEndpointConfigOperator: "CreateEndpointConfig",
-            SageMakerEndpointOperator: "CreateEndpoint",
-        }[type(task)]
+        [operation] = [operation for kind, operation in (
+            (SageMakerProcessingOperator, "CreateProcessingJob"),
+            (SageMakerTrainingOperator, "CreateTrainingJob"),
+            (SageMakerTuningOperator, "CreateHyperParameterTuningJob"),
+            (SageMakerModelOperator, "CreateModel"),
+            (SageMakerEndpointConfigOperator, "CreateEndpointConfig"),
+            (SageMakerEndpointOperator, "CreateEndpoint"),
+        ) if isinstance(task, kind)]
         found = [("sagemaker", operation, task.config)]
         if isinstance(task, SageMakerEndpointOperator):  # an existing endpoint is updated instead
             update = {k: v for k, v in task.config.items() if k != "Tags"}
@@ -350,11 +351,19 @@ def test_the_split_job_passes_the_dataset_params_to_its_script(
         == {"--test-fraction": "0.2", "--validation-fraction": "0.2", "--seed": "0", "--balance-facet": balance_facet}
 
 
+def test_the_tuning_job_is_seeded_by_the_tuning_seed_param(dags: dict[str, Any]) -> None:
+    dag = copy.deepcopy(dags["fraud_detection"])
+    task = dag.get_task("train.tune")
+    dag.params["tuning_seed"] = 1234
+    [(_, _, request)] = requests_of(task, render(task, "defaults", dag))
+    assert request["HyperParameterTuningJobConfig"]["RandomSeed"] == 1234  # an integer, as the API wants
+
+
 def test_register_attaches_reports_and_the_decided_status(dags: dict[str, Any]) -> None:
     dag = copy.deepcopy(dags["fraud_detection"])
     task = dag.get_task("registry.register")
     context = render(task, "defaults", dag)
-    [_, (_, _, package)] = requests_of(task, context)
+    *_, (_, _, package) = requests_of(task, context)  # after its look for an earlier try's version
     assert package["ModelApprovalStatus"] == "Approved"
     assert package["ModelPackageGroupName"] == "fraud-detection"
     metrics = package["ModelMetrics"]

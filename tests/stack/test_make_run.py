@@ -43,3 +43,24 @@ def test_make_run_runs_the_dag_and_writes_the_summary_and_report(stack: ProcessS
     assert len(summary["lineage_edges"]) > 10
     report = (tmp_path / "report.html").read_text()
     assert report.count("<img") >= 5  # curves, confusion matrix, importance, bias, lineage
+
+
+@pytest.mark.slow
+def test_a_failed_make_run_ends_with_each_failed_task_and_its_reason(stack: ProcessStack, tmp_path: Path) -> None:
+    # A raw file the data prep refuses: the job's input check fails its task at once (no retry).
+    rows = (REPO / "data" / "customers.csv").read_text().splitlines()
+    fields = rows[7].split(",")
+    fields[5] = "TX"  # policy_state of data row 7
+    rows[7] = ",".join(fields)
+    bad_customers = tmp_path / "customers.csv"
+    bad_customers.write_text("\n".join(rows) + "\n")
+    conf = {"prefix": "make-run-bad", "customers_file": str(bad_customers), "tuning": False}
+    finished = subprocess.run(
+        [sys.executable, "-m", "include.local_run", json.dumps(conf)], cwd=REPO,
+        env={**stack.env, "RUN_REPORT_DIR": str(tmp_path / "report")}, capture_output=True, text=True, timeout=900,
+    )
+    assert finished.returncode == 1, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "data_prep.preprocess_customers                   failed" in finished.stdout
+    assert "up_for_retry" not in finished.stdout
+    assert finished.stderr.strip().splitlines()[-1].startswith(
+        "  data_prep.preprocess_customers: customers.csv: column policy_state has unknown values 'TX' at row 7 ")

@@ -47,6 +47,7 @@ from include.localcloud.sagemaker.sandbox import (
     container_environment,
     container_relative,
     download_s3_prefix,
+    exit_message,
     failure_reason,
     run_process,
     tar_directory,
@@ -65,7 +66,9 @@ log = logging.getLogger(__name__)
 ACTIVE_STATUSES = ("InProgress", "Stopping")
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
 KEPT_SANDBOXES = 20  # of finished jobs, per kind
-LOCAL_CLOUD_STOPPED = "The local cloud stopped while the job was running."
+# SageMaker's words for a job its platform lost: InternalServerError, which a retry may mend.
+LOCAL_CLOUD_STOPPED = ("InternalServerError: The job was interrupted: the local cloud stopped while it was running. "
+                       "Please try again.")
 DEFAULT_MAX_RUNTIME_SECONDS = 86400  # SageMaker's StoppingCondition when a training job gives none
 SCRIPT_IMAGES = ("sagemaker-scikit-learn", XGBOOST_IMAGE)  # processing: run the given entrypoint
 PROCESSING_PATH = f"{CONTAINER_BASE}/processing/"  # ProcessingInput/Output LocalPaths live below it
@@ -485,9 +488,12 @@ class JobOperations:
             environment = {**container_environment(self.cloud.url, region, sandbox), **job.get("Environment", {})}
             with self._log(PROCESSING, name, region) as log_stream:
                 outcome = run_process(command, environment, sandbox.root, control, log_stream.write)
+            message = exit_message(sandbox)
+            if message is not None:
+                self._update(PROCESSING, name, lambda body: body.update(ExitMessage=message))
             control.check()
             if outcome.exit_code != 0:
-                raise JobFailure(failure_reason(sandbox, outcome))
+                raise JobFailure(failure_reason(sandbox, outcome, message))
             for output in outputs:
                 upload_directory(s3, sandbox.path(output["S3Output"]["LocalPath"]), output["S3Output"]["S3Uri"])
 

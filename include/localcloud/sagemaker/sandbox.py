@@ -43,6 +43,8 @@ LOG_BATCH_EVENTS = 1000
 LOG_EVENT_MAX_CHARS = 256 * 1024 - 26  # a CloudWatch Logs event is at most 256 KiB with its header
 STDERR_TAIL_LINES = 30
 FAILURE_REASON_MAX = 1024  # FailureReason's length limit in the SageMaker API
+# How SageMaker's reasons start: the job's input or request (ClientError), or its code (AlgorithmError).
+ERROR_PREFIXES = ("ClientError:", "AlgorithmError:")
 # The built-in XGBoost algorithm logs "[12]#011train-auc:0.93#011validation-auc:0.81"; SageMaker
 # reports the last value of each as the metric "train:auc", "validation:auc".
 ALGORITHM_LINE = re.compile(r"^\[\d+\]#011")
@@ -452,14 +454,26 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         pass
 
 
-def failure_reason(sandbox: Sandbox, outcome: ProcessOutcome) -> str:
-    """Why a job's process failed: what it wrote to /opt/ml/output/failure (the container
-    contract), else the tail of its standard error."""
+def exit_message(sandbox: Sandbox) -> str | None:
+    """What a processing container wrote to /opt/ml/output/message: DescribeProcessingJob's
+    ExitMessage, its first KB (the processing contract)."""
+    message_file = sandbox.path(f"{CONTAINER_BASE}/output/message")
+    if not message_file.is_file():
+        return None
+    return message_file.read_bytes()[:FAILURE_REASON_MAX].decode(errors="replace")
+
+
+def failure_reason(sandbox: Sandbox, outcome: ProcessOutcome, message: str | None = None) -> str:
+    """Why a job's process failed: what it wrote to /opt/ml/output/failure (the training
+    contract) or, for a processing job, a "ClientError: ..." or "AlgorithmError: ..." exit
+    `message`; else the tail of its standard error."""
     failure_file = sandbox.path(f"{CONTAINER_BASE}/output/failure")
     if failure_file.is_file() and (written := failure_file.read_text(errors="replace").strip()):
-        if written.startswith(("ClientError:", "AlgorithmError:")):
+        if written.startswith(ERROR_PREFIXES):
             return written[:FAILURE_REASON_MAX]
         return f"AlgorithmError: {written}"[:FAILURE_REASON_MAX]
+    if message and message.startswith(ERROR_PREFIXES):
+        return message.strip()
     prefix = "AlgorithmError: "
     lines = [line for line in "\n".join(outcome.stderr_tail).strip().splitlines() if line.strip()]
     if not lines:

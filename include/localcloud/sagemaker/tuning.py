@@ -346,32 +346,38 @@ class TuningOperations:
         study = optuna.create_study(
             direction="maximize" if objective["Type"] == "Maximize" else "minimize",
             sampler=make_sampler(config, name, max_trials))
-        running: dict[str, optuna.trial.Trial] = {}
-        started = 0
+        # Trials in the order they were asked; the first `told` of them are told to the study.
+        # A trial's result is told, in trial order, just before the trial `parallel` places later
+        # is asked: what the sampler knows at each ask, and so every suggestion, does not depend
+        # on which of the parallel trials ended first. A slot whose trial ended out of order
+        # waits for the older ones.
+        asked: list[tuple[str, optuna.trial.Trial]] = []
+        told = 0
         try:
             while True:
-                for trial_name, trial in list(running.items()):
+                while told < len(asked) and (len(asked) - told == parallel or len(asked) == max_trials):
+                    trial_name, trial = asked[told]
                     job = self.cloud.store.get(TRAINING.store_kind, trial_name)
-                    if job is not None and job["TrainingJobStatus"] in TERMINAL_STATUSES:
-                        value = objective_value(job, objective["MetricName"])
-                        if value is None:
-                            study.tell(trial, state=TrialState.FAIL)
-                        else:
-                            study.tell(trial, value)
-                        del running[trial_name]
+                    if job is None or job["TrainingJobStatus"] not in TERMINAL_STATUSES:
+                        break
+                    value = objective_value(job, objective["MetricName"])
+                    if value is None:
+                        study.tell(trial, state=TrialState.FAIL)
+                    else:
+                        study.tell(trial, value)
+                    told += 1
                 self._record_progress(name)
-                if control.stop_reason() is not None or (started == max_trials and not running):
+                if control.stop_reason() is not None or told == max_trials:
                     return
-                while started < max_trials and len(running) < parallel and control.stop_reason() is None:
+                while len(asked) < max_trials and len(asked) - told < parallel and control.stop_reason() is None:
                     trial = study.ask({parameter.name: parameter.distribution for parameter in space})
-                    started += 1
-                    trial_name = f"{name}-{started:03d}-{secrets.token_hex(4)}"
+                    trial_name = f"{name}-{len(asked) + 1:03d}-{secrets.token_hex(4)}"
                     tuned = {parameter.name: parameter.value(trial.params[parameter.name]) for parameter in space}
                     self.start_training_job(self._trial_request(definition, trial_name, tuned), ctx, arn)
-                    running[trial_name] = trial
+                    asked.append((trial_name, trial))
                 control.wait(POLL_SECONDS)
         finally:  # stopped, or a bug: no trial outlives its tuning job
-            self._stop_trials(list(running), ctx, control)
+            self._stop_trials([trial_name for trial_name, _ in asked[told:]], ctx, control)
 
     def _stop_trials(self, names: list[str], ctx: RequestContext, control: JobControl) -> None:
         """Stop the trials still running and wait (a while) for them to end."""

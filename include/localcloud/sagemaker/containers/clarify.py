@@ -605,8 +605,11 @@ def main() -> int:
     logging.getLogger("smclarify").setLevel(logging.CRITICAL)
     try:
         run(Paths.from_environment())
-    except AnalysisError as exc:
+    except AnalysisError as exc:  # the job's configuration or data: its exit message says so
         print(f"ClientError: {exc}", file=sys.stderr)
+        message = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "output" / "message"
+        message.parent.mkdir(parents=True, exist_ok=True)
+        message.write_text(f"ClientError: {exc}", encoding="utf-8")
         return 1
     return 0
 
