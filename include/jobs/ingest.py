@@ -219,7 +219,8 @@ class OnlineWriter:
             return
         self.outcome.succeeded(event_time)
 
-    def close(self) -> None:
+    def close(self, complete: bool) -> None:
+        """Wait for the calls under way (a PutRecord made is made, complete or not)."""
         self.pool.shutdown(wait=True)
 
 
@@ -275,13 +276,13 @@ class OfflineWriter:
         self.writers[partition][1].write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.written += [(partition, event_time) for _, event_time in rows]
 
-    def close(self) -> None:
-        """Finish the files; upload them only when no record failed."""
-        for partition in list(self.pending):
+    def close(self, complete: bool) -> None:
+        """Finish the files; upload them only when every record was read and none failed."""
+        for partition in list(self.pending) if complete else ():
             self._flush(partition)
         for _, writer in self.writers.values():
             writer.close()
-        if self.outcome.failed:
+        if not complete or self.outcome.failed:
             return
         bucket, _, prefix = (self.group.offline_uri or "").removeprefix("s3://").partition("/")
         stamp = dt.datetime.now(dt.UTC)
@@ -310,8 +311,10 @@ def ingest(group: Group, mode: str, input_dir: Path, runtime: Any, s3: Any, work
                 outcome.unchanged += len(batch) - len(changed)
                 for record in changed:
                     writer.write(record)
-        finally:
-            writer.close()
+        except BaseException:
+            writer.close(complete=False)
+            raise
+        writer.close(complete=True)
     return outcome
 
 

@@ -206,12 +206,18 @@ def test_failed_records_fail_the_job_and_a_retry_completes_it(aws, ingest, proce
 
 
 def test_bad_arguments_and_files_are_named(aws, ingest, processed, tmp_path) -> None:
-    group = make_group(aws, "ingest-bad-input")["FeatureGroupName"]
-    done, _ = ingest(group, "online_and_offline", tmp_path / "nowhere")
+    group = make_group(aws, "ingest-bad-input")
+    done, _ = ingest(group["FeatureGroupName"], "offline_only", tmp_path / "nowhere")
     assert done.returncode == 1 and "--input-dir: directory" in done.stderr and "Traceback" not in done.stderr
     extra = [{**row, "colour": "red"} for row in processed[:3]]
-    done, _ = ingest(group, "online_and_offline", write_records(tmp_path / "extra", extra, "part-1.csv"))
-    assert done.returncode == 1 and f"part-1.csv: columns colour are not features of {group}" in done.stderr
+    folder = write_records(tmp_path / "extra", processed[3:], "part-0.csv")
+    write_records(folder, extra, "part-1.csv")
+    for mode in ("offline_only", "online_and_offline"):
+        done, _ = ingest(group["FeatureGroupName"], mode, folder)
+        assert done.returncode == 1, mode
+        assert f"part-1.csv: columns colour are not features of {group['FeatureGroupName']}" in done.stderr
+        if mode == "offline_only":  # nothing of the good file read before the bad one: nothing half-done
+            assert offline_objects(aws("s3"), group) == []
 
 
 def test_the_job_of_two_instances_ingests_a_shard_on_each(aws, processed, tmp_path) -> None:
