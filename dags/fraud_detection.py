@@ -33,7 +33,6 @@ from fraud_operators.deployment import deploy_to_endpoint
 from fraud_operators.feature_store import (
     FeatureStoreOfflineStoreSensor,
     SageMakerCreateFeatureGroupOperator,
-    SageMakerIngestFeaturesOperator,
 )
 from fraud_operators.lineage import SageMakerLineageOperator
 from fraud_operators.registry import RegisterModelVersionOperator
@@ -41,7 +40,6 @@ from fraud_operators.retries import DeterministicFailuresFailAtOnce
 from fraud_operators.s3 import LocalFolderToS3Operator, read_s3_json
 from fraud_operators.training import SageMakerBestTrainingJobOperator, SageMakerSeededTuningOperator
 
-from include.jobs import schema
 from include.pipeline import clarify, configs, decisions, sql
 from include.pipeline.configs import RunLayout, resource_name
 from include.pipeline.settings import Settings
@@ -115,6 +113,16 @@ def dag_params() -> dict[str, Param]:
             description="Upload the raw CSV files above first. Off: use what is in S3 already. Runs started by "
             "an update of the raw-data assets never upload.",
         ),
+        "ingest_mode": Param(
+            configs.INGEST_MODES[0], type="string", enum=list(configs.INGEST_MODES), title="Ingestion mode",
+            section="Feature Store",
+            description="online_and_offline: PutRecord, as records arrive. offline_only: a batch write of the "
+            "offline store (Parquet under the group's Glue table), for backfills; the online store is left as it "
+            "is. Either way, records unchanged since the online store's copy are not put again.",
+        ),
+        "ingest_instance_count": number(1, "Ingestion instances",
+                                        "Instances of the ingest job; each ingests its share of the processed "
+                                        "files.", "Feature Store", minimum=1, maximum=10),
         "test_fraction": number(0.2, "Test fraction", "Share of the policies held out as test set.", "Dataset",
                                 minimum=0.05, maximum=0.5),
         "validation_fraction": number(0.2, "Validation fraction",
@@ -295,7 +303,8 @@ with DAG(
 
     @task_group
     def feature_store(processed: list[SageMakerProcessingOperator]) -> None:
-        """The feature groups (created or found), the processed records ingested in parallel once
+        """The feature groups (created or found), the processed records ingested by a processing
+        job (new or changed records only; PutRecord, or a batch write of the offline store) once
         both datasets are processed, and a wait until the offline store holds them all."""
         for dataset in DATASETS:
             group = SageMakerCreateFeatureGroupOperator(
@@ -305,19 +314,24 @@ with DAG(
                 ),
                 check_interval=SETTINGS.check_interval,
             )
-            ingest = SageMakerIngestFeaturesOperator(
+            ingest = SageMakerProcessingOperator(
                 task_id=f"ingest_{dataset}",
-                feature_group_name=pulled(group.task_id, "FeatureGroupName"),
-                source_uri=LAYOUT.processed(dataset),
-                event_time_feature=schema.EVENT_TIME,
-                max_workers=SETTINGS.ingest_workers,
+                config=configs.ingest_job(
+                    SETTINGS, LAYOUT,
+                    name=resource_name(PREFIX, f"ingest-{dataset}", RUN_TOKEN),
+                    dataset=dataset,
+                    feature_group_name=pulled(group.task_id, "FeatureGroupName"),
+                    mode=param("ingest_mode"),
+                    instance_type=param("processing_instance_type"),
+                    instance_count=param("ingest_instance_count"),
+                ),
+                **JOB_WAIT,
             )
             offline = FeatureStoreOfflineStoreSensor(
                 task_id=f"wait_for_{dataset}_offline_store",
                 database=pulled(group.task_id, "OfflineStoreConfig", "DataCatalogConfig", "Database"),
                 table=pulled(group.task_id, "OfflineStoreConfig", "DataCatalogConfig", "TableName"),
-                expected_records=pulled(ingest.task_id, "Records"),
-                min_event_time=pulled(ingest.task_id, "MinEventTime"),
+                ingestion_summary_uri=LAYOUT.ingestion(dataset),
                 output_location=f"{LAYOUT.athena_results}offline-store-checks/",
                 workgroup=SETTINGS.athena_workgroup,
                 poke_interval=SETTINGS.check_interval,
@@ -326,8 +340,9 @@ with DAG(
             )
             record = lineage(
                 f"lineage_ingest_{dataset}", f"ingest-{dataset}", "Ingestion",
-                inputs=[artifact(LAYOUT.processed(dataset), "DataSet")],
+                inputs=[artifact(LAYOUT.processed(dataset), "DataSet"), artifact(LAYOUT.code, "Code")],
                 outputs=[artifact(pulled(group.task_id, "FeatureGroupArn"), "FeatureGroup")],
+                source_uri=pulled(ingest.task_id, "Processing", "ProcessingJobArn"),
             )
             # Ingestion starts only when both datasets are processed: a bad raw file stops the
             # run before anything of it reaches the feature store.

@@ -88,6 +88,10 @@ class RunLayout:
     def processed(self, dataset: str) -> str:
         return f"{self.root}/processed/{dataset}/"
 
+    def ingestion(self, dataset: str) -> str:
+        """Folder of the ingest job's summaries of "claims" or "customers", one <host>.json each."""
+        return f"{self.root}/ingestion/{dataset}/"
+
     @property
     def athena_results(self) -> str:
         return f"{self.root}/athena/"
@@ -130,7 +134,10 @@ def offline_store_uri(settings: Settings, prefix: str) -> str:
 
 
 # -- processing ---------------------------------------------------------------------------------
-def processing_input(name: str, s3_uri: str, local_path: str) -> dict[str, Any]:
+def processing_input(
+    name: str, s3_uri: str, local_path: str, distribution: str = "FullyReplicated"
+) -> dict[str, Any]:
+    """An S3 input; with distribution ShardedByS3Key, each instance gets its share of the objects."""
     return {
         "InputName": name,
         "S3Input": {
@@ -138,7 +145,7 @@ def processing_input(name: str, s3_uri: str, local_path: str) -> dict[str, Any]:
             "LocalPath": local_path,
             "S3DataType": "S3Prefix",
             "S3InputMode": "File",
-            "S3DataDistributionType": "FullyReplicated",
+            "S3DataDistributionType": distribution,
         },
     }
 
@@ -216,6 +223,46 @@ def preprocess_job(
         instance_count=instance_count,
         script="preprocess.py",
         arguments=arguments,
+    )
+
+
+INGEST_MODES = ("online_and_offline", "offline_only")
+
+
+def ingest_job(
+    settings: Settings,
+    layout: RunLayout,
+    *,
+    name: str,
+    dataset: str,
+    feature_group_name: str,
+    mode: str,
+    instance_type: str,
+    instance_count: str | int,
+) -> dict[str, Any]:
+    """Feature Store ingestion of the processed records of one dataset, in the scikit-learn
+    container: each instance ingests its shard of the files (ShardedByS3Key) and writes a
+    summary (records put, earliest event time) to layout.ingestion(dataset)."""
+    records_dir = f"{PROCESSING_ROOT}/input/records"
+    return processing_job(
+        settings,
+        name=name,
+        image_uri=sagemaker_image("sklearn"),
+        inputs=[
+            processing_input("code", layout.code, CODE_DIR),
+            processing_input("records", layout.processed(dataset), records_dir, distribution="ShardedByS3Key"),
+        ],
+        outputs=[processing_output("summary", layout.ingestion(dataset), OUTPUT_DIR)],
+        instance_type=instance_type,
+        instance_count=instance_count,
+        script="ingest.py",
+        arguments=[
+            "--feature-group-name", feature_group_name,
+            "--mode", mode,
+            "--input-dir", records_dir,
+            "--output-dir", OUTPUT_DIR,
+            "--workers", str(settings.ingest_workers),
+        ],
     )
 
 

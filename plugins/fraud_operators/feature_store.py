@@ -1,17 +1,14 @@
 """SageMaker Feature Store operators the Amazon provider lacks: create (or find) a feature group,
-ingest CSV records with PutRecord in parallel, and wait until the offline store holds them."""
+and wait until the offline store holds what an ingest job (a processing job) put."""
 
 from __future__ import annotations
 
-import csv
-import io
+import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.athena import AthenaHook
-from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
@@ -23,14 +20,6 @@ from botocore.exceptions import ClientError
 
 from fraud_operators.common import jsonable
 from include.pipeline.sql import offline_record_count_query
-
-
-class FeatureStoreRuntimeHook(AwsBaseHook):
-    """The Feature Store runtime API: PutRecord, GetRecord, DeleteRecord."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["client_type"] = "sagemaker-featurestore-runtime"
-        super().__init__(*args, **kwargs)
 
 
 class SageMakerCreateFeatureGroupOperator(AwsBaseOperator[SageMakerHook]):
@@ -113,97 +102,23 @@ class SageMakerCreateFeatureGroupOperator(AwsBaseOperator[SageMakerHook]):
             time.sleep(self.check_interval)
 
 
-class SageMakerIngestFeaturesOperator(AwsBaseOperator[FeatureStoreRuntimeHook]):
-    """Put every row of the CSV files (with header) under an S3 prefix into a feature group,
-    one PutRecord per row, `max_workers` at a time.
-
-    :param feature_group_name: the feature group (templated)
-    :param source_uri: s3://bucket/prefix/ holding the CSV files (templated)
-    :param event_time_feature: the group's event time feature, reported back as MinEventTime
-    :param max_workers: concurrent PutRecord calls
-    :return: {"FeatureGroupName", "Records": rows put, "MinEventTime": earliest event time put}
-    """
-
-    aws_hook_class = FeatureStoreRuntimeHook
-    template_fields: Sequence[str] = aws_template_fields("feature_group_name", "source_uri")
-
-    def __init__(
-        self,
-        *,
-        feature_group_name: str,
-        source_uri: str,
-        event_time_feature: str,
-        max_workers: int = 8,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("botocore_config", {"max_pool_connections": max_workers, "retries": {"mode": "standard"}})
-        super().__init__(**kwargs)
-        self.feature_group_name = feature_group_name
-        self.source_uri = source_uri
-        self.event_time_feature = event_time_feature
-        self.max_workers = max_workers
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        records = self._read_records()
-        if not records:
-            raise AirflowException(f"No records to ingest: no CSV rows under {self.source_uri}")
-        client = self.hook.conn
-
-        def put(record: list[dict[str, str]]) -> None:
-            client.put_record(FeatureGroupName=self.feature_group_name, Record=record)
-
-        self.log.info("Ingesting %d records into %s", len(records), self.feature_group_name)
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            # list() re-raises the first failed PutRecord, after the pool has finished.
-            list(pool.map(put, records))
-        event_times = [
-            float(value["ValueAsString"])
-            for record in records
-            for value in record
-            if value["FeatureName"] == self.event_time_feature
-        ]
-        return {
-            "FeatureGroupName": self.feature_group_name,
-            "Records": len(records),
-            "MinEventTime": min(event_times),
-        }
-
-    def _read_records(self) -> list[list[dict[str, str]]]:
-        s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
-        bucket, prefix = S3Hook.parse_s3_url(self.source_uri)
-        keys = sorted(key for key in s3.list_keys(bucket_name=bucket, prefix=prefix) if key.endswith(".csv"))
-        records = []
-        for key in keys:
-            rows = csv.reader(io.StringIO(s3.read_key(key, bucket_name=bucket)))
-            header = next(rows, None)
-            if header is None:
-                continue
-            if self.event_time_feature not in header:
-                raise AirflowException(f"s3://{bucket}/{key} has no {self.event_time_feature} column")
-            for row in rows:
-                if row:
-                    records.append(
-                        [{"FeatureName": name, "ValueAsString": value} for name, value in zip(header, row, strict=True)]
-                    )
-        return records
-
-
 class FeatureStoreOfflineStoreSensor(AwsBaseSensor[AthenaHook]):
     """Wait until a feature group's offline store (through its Glue table, queried with Athena)
-    holds `expected_records` distinct records with an event time of at least `min_event_time`.
-    On AWS the offline store receives records minutes after PutRecord.
+    holds every record an ingest job put: the job's hosts each wrote a summary JSON (records put,
+    earliest event time) under `ingestion_summary_uri`; the offline store must hold that many
+    distinct records with an event time of at least the earliest. On AWS the offline store
+    receives records minutes after PutRecord.
 
     :param database: Glue database of the offline store table (templated)
     :param table: Glue table of the offline store (templated)
-    :param expected_records: records the ingestion put (templated)
-    :param min_event_time: earliest event time the ingestion put (templated)
+    :param ingestion_summary_uri: s3:// folder of the ingest job's summaries (templated)
     :param output_location: s3:// folder for the Athena results (templated)
     :param workgroup: Athena workgroup (templated)
     """
 
     aws_hook_class = AthenaHook
     template_fields: Sequence[str] = aws_template_fields(
-        "database", "table", "expected_records", "min_event_time", "output_location", "workgroup"
+        "database", "table", "ingestion_summary_uri", "output_location", "workgroup"
     )
 
     def __init__(
@@ -211,8 +126,7 @@ class FeatureStoreOfflineStoreSensor(AwsBaseSensor[AthenaHook]):
         *,
         database: str,
         table: str,
-        expected_records: int | str,
-        min_event_time: float | str,
+        ingestion_summary_uri: str,
         output_location: str,
         workgroup: str = "primary",
         **kwargs: Any,
@@ -220,13 +134,27 @@ class FeatureStoreOfflineStoreSensor(AwsBaseSensor[AthenaHook]):
         super().__init__(**kwargs)
         self.database = database
         self.table = table
-        self.expected_records = expected_records
-        self.min_event_time = min_event_time
+        self.ingestion_summary_uri = ingestion_summary_uri
         self.output_location = output_location
         self.workgroup = workgroup
 
+    def ingested(self) -> tuple[int, float | None]:
+        """Records the ingest job put, over its hosts, and the earliest event time among them."""
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
+        bucket, prefix = S3Hook.parse_s3_url(self.ingestion_summary_uri)
+        keys = [key for key in s3.list_keys(bucket_name=bucket, prefix=prefix) if key.endswith(".json")]
+        if not keys:
+            raise AirflowException(f"No ingestion summary under {self.ingestion_summary_uri}")
+        summaries = [json.loads(s3.read_key(key, bucket_name=bucket)) for key in keys]
+        times = [summary["MinEventTime"] for summary in summaries if summary["MinEventTime"] is not None]
+        return sum(summary["Put"] for summary in summaries), min(times, default=None)
+
     def poke(self, context: Context) -> bool:
-        query = offline_record_count_query(self.database, self.table, self.min_event_time)
+        expected, min_event_time = self.ingested()
+        if expected == 0:
+            self.log.info("The ingestion put no record (all unchanged): nothing to wait for")
+            return True
+        query = offline_record_count_query(self.database, self.table, min_event_time)
         query_id = self.hook.run_query(
             query,
             query_context={"Database": self.database},
@@ -239,7 +167,5 @@ class FeatureStoreOfflineStoreSensor(AwsBaseSensor[AthenaHook]):
             raise AirflowException(f"Athena query {query_id} on {self.database}.{self.table} {state}: {reason}")
         results = self.hook.get_query_results(query_id)
         found = int(results["ResultSet"]["Rows"][1]["Data"][0]["VarCharValue"])
-        expected = int(self.expected_records)
         self.log.info("Offline store table %s holds %d of %d records", self.table, found, expected)
         return found >= expected
-

@@ -175,6 +175,53 @@ print("summarized", len(rows), "rows")
     assert "summarized 300 rows" in log_messages(aws("logs"), "/aws/sagemaker/ProcessingJobs", "summarize-claims")
 
 
+def test_a_job_of_two_instances_runs_two_hosts_at_once_each_with_its_shard(
+        s3: Any, sm: Any, aws: Callable[..., Any]) -> None:
+    """InstanceCount 2: two containers at once (each waits to see the other's file), each with its
+    resourceconfig.json, a disjoint share of the ShardedByS3Key input and all of the replicated one,
+    its own log stream, and its outputs uploaded."""
+    for number in range(5):
+        s3.put_object(Bucket=BUCKET, Key=f"shards/part-{number}.csv", Body=f"{number}\n".encode())
+    put_script(s3, "code/hosts/hosts.py", """
+import json, os, pathlib, time
+base = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"])
+config = json.loads((base / "config/resourceconfig.json").read_text())
+(base.parent / config["current_host"]).with_suffix(".started").touch()
+others = [base.parent / f"{host}.started" for host in config["hosts"] if host != config["current_host"]]
+deadline = time.monotonic() + 30
+while not all(other.exists() for other in others) and time.monotonic() < deadline:
+    time.sleep(0.05)
+shard = sorted(p.name for p in (base / "processing/input/shard").iterdir())
+output = base / "processing/output"
+(output / f"{config['current_host']}.json").write_text(json.dumps({
+    "config": config, "shard": shard, "code": sorted(p.name for p in (base / "processing/input/code").iterdir()),
+    "together": all(other.exists() for other in others)}))
+print("host", config["current_host"], "shard", shard)
+""")
+    request = script_job("two-hosts", "code/hosts/hosts.py")
+    request["ProcessingResources"] = {"ClusterConfig": {**CLUSTER["ClusterConfig"], "InstanceCount": 2}}
+    request["ProcessingInputs"].append({"InputName": "shard", "S3Input": {
+        "S3Uri": f"s3://{BUCKET}/shards/", "LocalPath": "/opt/ml/processing/input/shard", "S3DataType": "S3Prefix",
+        "S3InputMode": "File", "S3DataDistributionType": "ShardedByS3Key"}})
+    request["ProcessingOutputConfig"] = {"Outputs": [{"OutputName": "hosts", "S3Output": {
+        "S3Uri": f"s3://{BUCKET}/two-hosts/", "LocalPath": "/opt/ml/processing/output", "S3UploadMode": "EndOfJob"}}]}
+    sm.create_processing_job(**request)
+    job = wait_until_done(sm.describe_processing_job, "ProcessingJobStatus", ProcessingJobName="two-hosts")
+
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    found = {host: json.loads(s3.get_object(Bucket=BUCKET, Key=f"two-hosts/{host}.json")["Body"].read())
+             for host in ("algo-1", "algo-2")}
+    for host, seen in found.items():
+        assert seen["config"] == {"current_host": host, "hosts": ["algo-1", "algo-2"]}
+        assert seen["code"] == ["hosts.py"] and seen["together"]
+    assert found["algo-1"]["shard"] == ["part-0.csv", "part-2.csv", "part-4.csv"]
+    assert found["algo-2"]["shard"] == ["part-1.csv", "part-3.csv"]
+    logs = aws("logs")
+    streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/ProcessingJobs",
+                                        logStreamNamePrefix="two-hosts/")["logStreams"]
+    assert sorted(s["logStreamName"].rsplit("-", 1)[0] for s in streams) == ["two-hosts/algo-1", "two-hosts/algo-2"]
+
+
 def test_a_job_sizes_its_thread_pools_to_its_one_core(s3: Any, sm: Any, aws: Callable[..., Any]) -> None:
     """A job holds one slot, one core. Thread pools sized to the machine made two jobs at once spin
     against each other, each running 3 to 10 times slower."""

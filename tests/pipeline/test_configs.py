@@ -31,7 +31,6 @@ from botocore.validate import validate_parameters
 from fraud_operators.feature_store import (
     FeatureStoreOfflineStoreSensor,
     SageMakerCreateFeatureGroupOperator,
-    SageMakerIngestFeaturesOperator,
 )
 from fraud_operators.hosting import SageMakerEndpointSmokeTestOperator
 from fraud_operators.lineage import SageMakerLineageOperator
@@ -39,7 +38,6 @@ from fraud_operators.registry import RegisterModelVersionOperator, SageMakerLate
 from fraud_operators.s3 import LocalFolderToS3Operator
 from fraud_operators.training import SageMakerBestTrainingJobOperator
 
-from include.jobs import schema
 from include.localcloud.protocol import is_valid, service_model, validate
 from include.pipeline import clarify, configs, sql
 from include.pipeline.settings import Settings
@@ -80,8 +78,7 @@ UPSTREAM_XCOM: dict[str, Any] = {
     },
     **{f"feature_store.create_{d}_group": feature_group(d) for d in ("claims", "customers")},
     **{
-        f"feature_store.ingest_{d}": {"FeatureGroupName": f"fraud-detection-{d}", "Records": 5000,
-                                      "MinEventTime": 1764212726.031}
+        f"feature_store.ingest_{d}": {"Processing": {"ProcessingJobArn": f"{ARN}:processing-job/ingest-{d}"}}
         for d in ("claims", "customers")
     },
     "dataset.query": "0c9f5b3e-6f5e-4c1e-9a45-2f3f3c1f2b7a",
@@ -233,7 +230,7 @@ def requests_of(task: Any, context: dict[str, Any]) -> list[Request]:
         })]
     if isinstance(task, FeatureStoreOfflineStoreSensor):
         return [("athena", "StartQueryExecution", {
-            "QueryString": sql.offline_record_count_query(task.database, task.table, task.min_event_time),
+            "QueryString": sql.offline_record_count_query(task.database, task.table, 1764212726.031),
             "QueryExecutionContext": {"Database": task.database},
             "ResultConfiguration": {"OutputLocation": task.output_location},
             "WorkGroup": task.workgroup,
@@ -241,10 +238,6 @@ def requests_of(task: Any, context: dict[str, Any]) -> list[Request]:
     if isinstance(task, SageMakerCreateFeatureGroupOperator):
         described = {**task.config, "FeatureGroupStatus": "Created"}
         return executed(task, context, "sagemaker", {"describe_feature_group": described})
-    if isinstance(task, SageMakerIngestFeaturesOperator):
-        record = [{"FeatureName": name, "ValueAsString": "1"} for name in schema.COLUMNS["claims"]]
-        return [("sagemaker-featurestore-runtime", "PutRecord",
-                 {"FeatureGroupName": task.feature_group_name, "Record": record})]
     if isinstance(task, SageMakerLineageOperator):
         task._etag = lambda uri: "d41d8cd98f00b204e9800998ecf8427e" if not uri.endswith("/") else None
         return executed(task, context, "sagemaker", {
@@ -315,7 +308,7 @@ def test_every_request_is_valid_for_the_api(dags: dict[str, Any], dag_id: str, c
     if dag_id == "fraud_detection":
         assert {
             "CreateProcessingJob", "CreateTrainingJob", "CreateHyperParameterTuningJob", "CreateModel",
-            "CreateModelPackage", "CreateEndpointConfig", "CreateEndpoint", "CreateFeatureGroup", "PutRecord",
+            "CreateModelPackage", "CreateEndpointConfig", "CreateEndpoint", "CreateFeatureGroup",
             "StartQueryExecution", "CreateArtifact", "CreateAction", "CreateContext", "AddAssociation",
             "InvokeEndpoint",
         } <= operations

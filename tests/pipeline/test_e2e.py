@@ -217,9 +217,38 @@ def test_claims_without_customers_fail_data_prep_naming_the_policies(
     sagemaker = aws("sagemaker")
     job = sagemaker.list_processing_jobs(NameContains=f"{prefix}-prep-claims")["ProcessingJobSummaries"][0]
     reason = sagemaker.describe_processing_job(ProcessingJobName=job["ProcessingJobName"])["FailureReason"]
-    assert reason == ("AlgorithmError: error: claims.csv: column policy_id has 2 policies without a customer in "
+    assert reason == ("ClientError: claims.csv: column policy_id has 2 policies without a customer in "
                       "customers.csv: 3, 7 at rows 3, 7")
     record = aws("sagemaker-featurestore-runtime").get_record(
         FeatureGroupName=f"{prefix}-claims", RecordIdentifierValueAsString="1"
     )
     assert "Record" not in record
+
+
+@pytest.mark.slow
+def test_an_offline_only_run_builds_the_dataset_from_the_batch_written_offline_store(
+    dags: dict[str, Any], aws: Callable[..., Any]
+) -> None:
+    """ingest_mode offline_only, 2 ingest instances: the ingest jobs write the offline store
+    directly, the dataset step reads every policy from it, and the online store stays empty."""
+    prefix = "fraud-offline-only"
+    settings = Settings()
+    conf = {"prefix": prefix, "ingest_mode": "offline_only", "ingest_instance_count": 2, "tuning": False,
+            "claims_file": settings.claims_file, "customers_file": settings.customers_file}
+    run = dags["fraud_detection"].test(run_conf=conf)
+    assert run.state == "success", f"run {run.state}: {states(run)}"
+    layout = RunLayout.of(Settings.from_env(), prefix, short_hash(run.run_id))
+    rows = {name: len(read_s3(aws, layout.split_file(name)).splitlines()) for name in ("train", "validation", "test")}
+    assert rows == {"train": 3200, "validation": 800, "test": 1000}
+    sagemaker = aws("sagemaker")
+    for dataset in ("claims", "customers"):
+        [job] = sagemaker.list_processing_jobs(NameContains=f"{prefix}-ingest-{dataset}")["ProcessingJobSummaries"]
+        described = sagemaker.describe_processing_job(ProcessingJobName=job["ProcessingJobName"])
+        assert described["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
+        summaries = [json.loads(read_s3(aws, f"{layout.ingestion(dataset)}{host}.json")) for host in ("algo-1", "algo-2")]
+        assert sum(summary["Put"] for summary in summaries) == 5000
+        assert {summary["Mode"] for summary in summaries} == {"offline_only"}
+        record = aws("sagemaker-featurestore-runtime").get_record(
+            FeatureGroupName=f"{prefix}-{dataset}", RecordIdentifierValueAsString="1"
+        )
+        assert "Record" not in record

@@ -3,9 +3,10 @@ background following the SageMaker container contract (see sandbox.py for the me
 
 A job is InProgress as soon as it is created. Its thread waits for a job slot, copies its inputs
 from S3 into its sandbox (<state dir>/jobs/<kind>/<name>, standing in for /opt/ml), runs the
-runner chosen from its image, streams the output to CloudWatch Logs, uploads the outputs to S3
-and records how it ended: Completed, Failed with a FailureReason, or Stopped. The sandboxes of the
-newest finished jobs stay, to look into; older ones are removed."""
+runner chosen from its image (a processing job on each of its hosts at once), streams the output
+to CloudWatch Logs, uploads the outputs to S3 and records how it ended: Completed, Failed with a
+FailureReason, or Stopped. The sandboxes of the newest finished jobs stay, to look into; older
+ones are removed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from include.localcloud.sagemaker.sandbox import (
     download_s3_prefix,
     exit_message,
     failure_reason,
+    host_names,
     run_process,
     tar_directory,
     upload_directory,
@@ -464,29 +467,50 @@ class JobOperations:
     def _new_sandbox(self, kind: JobKind, name: str) -> Sandbox:
         return Sandbox.create(self.cloud.state_dir / "jobs" / kind.store_kind / name)
 
-    def _log(self, kind: JobKind, name: str, region: str) -> CloudWatchLog:
-        return CloudWatchLog(self.cloud.client("logs", region), kind.log_group, f"{name}/{HOST_NAME}-{int(now())}")
+    def _log(self, kind: JobKind, name: str, region: str, host: str = HOST_NAME) -> CloudWatchLog:
+        return CloudWatchLog(self.cloud.client("logs", region), kind.log_group, f"{name}/{host}-{int(now())}")
 
     # -- running a processing job --------------------------------------------------------------
     def _run_processing_job(self, name: str, control: JobControl) -> None:
+        """Run the job's InstanceCount hosts at once, each in a job slot of its own with its own
+        sandbox (<job folder>/<host>), its shard of ShardedByS3Key inputs, its resourceconfig.json
+        and its log stream; each host uploads its outputs. The first failed host fails the job."""
         job = self._job(PROCESSING, name)
+        hosts = host_names(job["ProcessingResources"]["ClusterConfig"]["InstanceCount"])
+        folder = self._new_sandbox(PROCESSING, name).root
+        sandboxes = [Sandbox.create(folder / host) for host in hosts]
+        commands = [processing_command(job, sandbox) for sandbox in sandboxes]
+        if len(hosts) == 1:
+            self._run_processing_host(job, hosts, 0, sandboxes[0], commands[0], control)
+            return
+        with ThreadPoolExecutor(len(hosts), thread_name_prefix=f"processing-job/{name}") as pool:
+            futures = [pool.submit(self._run_processing_host, job, hosts, index, sandbox, command, control)
+                       for index, (sandbox, command) in enumerate(zip(sandboxes, commands, strict=True))]
+        errors = [future.exception() for future in futures if future.exception() is not None]
+        if errors:  # a failure says why; else a stop or a bug of the local cloud
+            raise next((error for error in errors if isinstance(error, JobFailure)), errors[0])
+
+    def _run_processing_host(self, job: Resource, hosts: list[str], index: int, sandbox: Sandbox,
+                             command: list[str], control: JobControl) -> None:
+        name, host = job["ProcessingJobName"], hosts[index]
         region = region_of(job["ProcessingJobArn"])
-        sandbox = self._new_sandbox(PROCESSING, name)
-        command = processing_command(job, sandbox)
         outputs = job.get("ProcessingOutputConfig", {}).get("Outputs", [])
         with self.job_runner.slot(control):
-            self._update(PROCESSING, name, lambda body: body.update(ProcessingStartTime=now()))
+            self._update(PROCESSING, name, lambda body: body.setdefault("ProcessingStartTime", now()))
             control.set_max_runtime((job.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds"))
             s3 = self.cloud.client("s3", region)
             for item in job.get("ProcessingInputs", []):
-                download_s3_prefix(s3, item["S3Input"]["S3Uri"], sandbox.path(item["S3Input"]["LocalPath"]), control)
+                source = item["S3Input"]
+                sharded = source.get("S3DataDistributionType") == "ShardedByS3Key"
+                download_s3_prefix(s3, source["S3Uri"], sandbox.path(source["LocalPath"]), control,
+                                   shard=(index, len(hosts)) if sharded else (0, 1))
             for output in outputs:
                 sandbox.path(output["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
             sandbox.write_json(f"{CONTAINER_BASE}/config/processingjobconfig.json", job)
             sandbox.write_json(f"{CONTAINER_BASE}/config/resourceconfig.json",
-                               {"current_host": HOST_NAME, "hosts": [HOST_NAME]})
+                               {"current_host": host, "hosts": hosts})
             environment = {**container_environment(self.cloud.url, region, sandbox), **job.get("Environment", {})}
-            with self._log(PROCESSING, name, region) as log_stream:
+            with self._log(PROCESSING, name, region, host) as log_stream:
                 outcome = run_process(command, environment, sandbox.root, control, log_stream.write)
             message = exit_message(sandbox)
             if message is not None:

@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 log = logging.getLogger(__name__)
 
 CONTAINER_BASE = "/opt/ml"  # what the sandbox stands in for
-HOST_NAME = "algo-1"  # a local job runs on one host, named as SageMaker names the first one
+HOST_NAME = "algo-1"  # a training job runs on one host, named as SageMaker names the first one
 # A job runs in one slot of the job runner, and a slot is a core: what an instance is to a job on
 # SageMaker. Its libraries' thread pools (OpenMP in XGBoost and scikit-learn, BLAS in numpy) are
 # sized to that core. Sized to the machine, the spinning OpenMP threads of two jobs at once slowed
@@ -86,7 +86,10 @@ class JobControl:
         self._stopping.set()
 
     def set_max_runtime(self, seconds: float | None) -> None:
-        self._deadline = None if seconds is None else time.monotonic() + seconds
+        """Start the job's runtime clock; the first host of a job to start starts it."""
+        with self._lock:
+            if self._deadline is None and seconds is not None:
+                self._deadline = time.monotonic() + seconds
 
     def stop_reason(self) -> StopReason | None:
         if self._reason is None and self._deadline is not None and time.monotonic() >= self._deadline:
@@ -195,6 +198,11 @@ class Sandbox:
         path.write_text(json.dumps(value, indent=2))
 
 
+def host_names(count: int) -> list[str]:
+    """The hosts of a job of `count` instances, as SageMaker names them: algo-1, algo-2, ..."""
+    return [f"algo-{number}" for number in range(1, count + 1)]
+
+
 def container_relative(path: str) -> PurePosixPath | None:
     """The part of an /opt/ml path below /opt/ml; None when the path is elsewhere or escapes."""
     pure = PurePosixPath(path)
@@ -229,26 +237,33 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_s3_prefix(s3: Any, uri: str, destination: Path, control: JobControl) -> None:
+def download_s3_prefix(s3: Any, uri: str, destination: Path, control: JobControl,
+                       shard: tuple[int, int] = (0, 1)) -> None:
     """Copy every object under an S3 prefix into `destination`, as SageMaker's S3Prefix data type
-    does: s3://b/data/train holds data/train/part.csv, which lands as <destination>/part.csv."""
+    does: s3://b/data/train holds data/train/part.csv, which lands as <destination>/part.csv.
+    With `shard` (index, count), as ShardedByS3Key does for the instance of that index: every
+    count-th object in key order from the index-th, so instances get disjoint shards (one may
+    get none when there are fewer objects than instances)."""
     bucket, prefix = split_s3_uri(uri)
+    index, count = shard
     destination.mkdir(parents=True, exist_ok=True)
-    copied = 0
+    found = 0
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
                 if key.endswith("/"):  # a folder marker, not data
                     continue
+                found += 1
+                if (found - 1) % count != index:
+                    continue
                 target = _inside(destination, relative_key(key, prefix), uri)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, key, str(target))
-                copied += 1
                 control.check()
     except (BotoCoreError, ClientError) as exc:
         raise JobFailure(f"ClientError: Data download failed from {uri}: {exc}") from exc
-    if copied == 0:
+    if found == 0:
         raise JobFailure(f'ClientError: No S3 objects found under S3 URL "{uri}" given in input data source. '
                          "Please ensure that the bucket exists and that objects exist under that S3 prefix.")
 
