@@ -47,8 +47,9 @@ class ModelServer:
     """One model server process (containers/model_server.py) serving the model unpacked in
     `workdir`/model, with a pool of keep-alive connections to it."""
 
-    def __init__(self, workdir: Path, endpoint_name: str, variant_name: str) -> None:
+    def __init__(self, workdir: Path, endpoint_name: str, variant_name: str, credentials: dict[str, str]) -> None:
         self.workdir = workdir
+        self.credentials = credentials  # AWS_* of the model's execution role
         self.endpoint_name = endpoint_name
         self.variant_name = variant_name
         self.log_path = workdir / "model-server.log"
@@ -67,6 +68,7 @@ class ModelServer:
         self.port = free_port()
         env = {
             **os.environ,
+            **self.credentials,
             "SAGEMAKER_BASE_DIR": str(self.workdir),
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
         }
