@@ -350,3 +350,11 @@ def test_policy_conditions_wildcards_and_not_resource() -> None:
                     {"aws:RequestedRegion": "eu-west-1"}) is Decision.EXPLICIT_DENY
     dotted = [json.loads(policy(allow("s3:GetObject", "arn:aws:s3:::a.b/*")))]
     assert evaluate(dotted, "s3:GetObject", "arn:aws:s3:::aXb/k", here) is Decision.IMPLICIT_DENY
+
+
+def test_the_root_user_may_do_anything(enforced: LocalCloud) -> None:
+    keys = json.loads((enforced.state_dir / "root-credentials.json").read_text())
+    assert (enforced.state_dir / "root-credentials.json").stat().st_mode & 0o077 == 0
+    iam = client(enforced, "iam", keys["AccessKeyId"], keys["SecretAccessKey"])
+    iam.create_user(UserName=f"made-by-root-{uuid.uuid4().hex[:6]}")
+    assert error_of(client(enforced, "iam", keys["AccessKeyId"], "wrong").list_users)["Code"] == "SignatureDoesNotMatch"

@@ -11,6 +11,7 @@ import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 ENFORCE = "enforce"
 SAGEMAKER_PRINCIPAL = "sagemaker.amazonaws.com"
 ROLE_SESSION_SECONDS = 12 * 3600  # a job's or model server's credentials; renewed an hour before they end
+ROOT_CREDENTIALS_FILE = "root-credentials.json"  # in the state folder: the account root's access key
 KEPT_RESOURCES = 50  # resources remembered per allowed action, to show what an action was used on
 
 # AWS's error code and message, by protocol, for each way a signature fails.
@@ -92,6 +94,8 @@ class Enforcer:
         # The local cloud's own calls (its services' background work): a key of this process only.
         self.internal_key_id = "LCINTERNAL" + secrets.token_hex(5).upper()
         self.internal_secret = secrets.token_urlsafe(30)
+        self.root_access_key_id, self.root_secret = _root_credentials(cloud.state_dir / ROOT_CREDENTIALS_FILE) \
+            if enforcing else ("", "")
         self._principals: dict[tuple[str, str | None], Principal] = {}
         self._decisions: dict[tuple[str, ...], Decision] = {}
         self._documents: dict[str, list[dict[str, Any]]] = {}
@@ -151,6 +155,9 @@ class Enforcer:
             if signature.access_key_id == self.internal_key_id:
                 check_signature(request, signature, self.internal_secret)
                 return None
+            if signature.access_key_id == self.root_access_key_id:
+                check_signature(request, signature, self.root_secret)
+                return None  # the account's root user: every action, as on AWS
             principal = self._principal(signature)
             if principal.expiration is not None and principal.expiration < dt.datetime.now(dt.UTC):
                 raise SignatureError("expired_token", "The security token included in the request is expired")
@@ -245,6 +252,17 @@ class Enforcer:
         if not trusted:
             raise Denied("AccessDenied", f"User: {principal.arn} is not authorized to perform: sts:AssumeRole "
                                          f"on resource: {role_arn}", 403)
+
+
+def _root_credentials(path: Path) -> tuple[str, str]:
+    """The account root user's access key, made on first start and kept in the state folder
+    (readable by its owner only): what creates the first users and roles, or deploys the template."""
+    if not path.exists():
+        keys = {"AccessKeyId": "AKIAROOT" + secrets.token_hex(6).upper(), "SecretAccessKey": secrets.token_urlsafe(30)}
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys))
+    keys = json.loads(path.read_text())
+    return keys["AccessKeyId"], keys["SecretAccessKey"]
 
 
 def _trusts(trust_policy: str | dict[str, Any], service: str | None = None, aws: str | None = None) -> bool:

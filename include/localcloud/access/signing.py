@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import SplitResult
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth, SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from moto.iam.access_control import CreateAccessKeyFailure, create_access_key
 from moto.sts.models import sts_backends
@@ -137,29 +137,46 @@ def find_principal(signature: Signature, account_id: str) -> Principal:
 
 
 def check_signature(request: Request, signature: Signature, secret_access_key: str) -> None:
-    """Recompute the signature with botocore's canonical request and compare."""
+    """Recompute the signature and compare. The canonical request is botocore's: its rules for
+    the path (S3's as sent, other services' normalized and encoded again) and the query, with the
+    headers and the payload hash read straight from the request."""
     s3 = signature.service == "s3"
     if s3 and not signature.presigned and "X-Amz-Content-SHA256" not in request.headers:
         raise SignatureError("missing_content_sha256", "Missing required header for this request: x-amz-content-sha256")
-    auth_class = {(False, False): SigV4Auth, (False, True): SigV4QueryAuth,
-                  (True, False): S3SigV4Auth, (True, True): S3SigV4QueryAuth}[(s3, signature.presigned)]
-    auth = auth_class(Credentials("", ""), signature.service, signature.region)
-    url = request.environ.get("REQUEST_URI") or request.full_path
+    auth = _auth(s3, signature.presigned)
+    path, _, query = (request.environ.get("REQUEST_URI") or request.full_path).partition("?")
     if signature.presigned:
-        path, _, query = url.partition("?")
-        url = path + "?" + "&".join(part for part in query.split("&") if not part.startswith("X-Amz-Signature="))
-    headers = {name: value for name, value in request.headers.items() if name.lower() in signature.signed_headers}
-    aws_request = AWSRequest(method=request.method, url=url, headers=headers,
-                             data=b"" if s3 else request.get_data(cache=True))
-    aws_request.context["timestamp"] = signature.amz_date
-    canonical_request = auth.canonical_request(aws_request)
-    if tuple(auth.signed_headers(auth.headers_to_sign(aws_request)).split(";")) != signature.signed_headers:
-        raise SignatureError("mismatch", _MISMATCH)  # a signed header the request lacks
-    string_to_sign = auth.string_to_sign(aws_request, canonical_request)
+        query = "&".join(part for part in query.split("&") if not part.startswith("X-Amz-Signature="))
+    headers = []
+    for name in signature.signed_headers:
+        value = request.headers.get(name)
+        if value is None:
+            raise SignatureError("mismatch", _MISMATCH)  # a signed header the request lacks
+        headers.append(f"{name}:{' '.join(value.split())}")
+    if "x-amz-content-sha256" in signature.signed_headers:
+        payload_hash = request.headers["X-Amz-Content-SHA256"]
+    elif s3 or signature.presigned:
+        payload_hash = "UNSIGNED-PAYLOAD"
+    else:
+        payload_hash = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+    canonical_request = "\n".join([
+        request.method, auth._normalize_url_path(path or "/"), auth._canonical_query_string_url(SplitResult(
+            "", "", "", query, "")), "\n".join(headers) + "\n", ";".join(signature.signed_headers), payload_hash])
+    scope = f"{signature.date}/{signature.region}/{signature.service}/aws4_request"
+    string_to_sign = "\n".join([ALGORITHM, signature.amz_date, scope,
+                                hashlib.sha256(canonical_request.encode()).hexdigest()])
     key = signing_key(secret_access_key, signature.date, signature.region, signature.service)
     expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.signature):
         raise SignatureError("mismatch", _MISMATCH)
+
+
+@lru_cache(maxsize=4)
+def _auth(s3: bool, presigned: bool) -> SigV4Auth:
+    """botocore's signer of this kind, for its path and query rules (it signs nothing here)."""
+    kind = {(False, False): SigV4Auth, (False, True): SigV4QueryAuth,
+            (True, False): S3SigV4Auth, (True, True): S3SigV4QueryAuth}[(s3, presigned)]
+    return kind(Credentials("", ""), "", "")
 
 
 _MISMATCH = ("The request signature we calculated does not match the signature you provided. "
