@@ -39,7 +39,8 @@ ENFORCE = "enforce"
 SAGEMAKER_PRINCIPAL = "sagemaker.amazonaws.com"
 ROLE_SESSION_SECONDS = 12 * 3600  # a job's or model server's credentials; renewed an hour before they end
 ROOT_CREDENTIALS_FILE = "root-credentials.json"  # in the state folder: the account root's access key
-KEPT_RESOURCES = 50  # resources remembered per allowed action, to show what an action was used on
+KEPT_RESOURCES = 50
+KEPT_DESCRIPTIONS = 10_000  # REST paths remembered with their action and resource  # resources remembered per allowed action, to show what an action was used on
 
 # AWS's error code and message, by protocol, for each way a signature fails.
 _SIGNATURE_ERRORS: dict[str, dict[str, tuple[str, str | None, int]]] = {
@@ -99,6 +100,7 @@ class Enforcer:
         self._principals: dict[tuple[str, str | None], Principal] = {}
         self._decisions: dict[tuple[str, ...], Decision] = {}
         self._documents: dict[str, list[dict[str, Any]]] = {}
+        self._rest_accesses: dict[tuple[str, str, str], Access] = {}
         self._roles: dict[str, RoleCredentials] = {}
         self._roles_lock = threading.Lock()
         self._allowed: dict[str, dict[str, list[str]]] = {}
@@ -179,14 +181,17 @@ class Enforcer:
         if protocol == S3:
             return actions.s3_access(request)
         if protocol == REST_JSON:
-            for candidate in self.cloud.services:
-                routed = getattr(candidate, "route", None)
-                if routed is not None and (found := routed(request)) is not None:
-                    operation, params = found
-                    if operation.name == "BatchGetRecord":
-                        params = {**params, **actions.json_params(request)}
-                    return actions.sagemaker_access(operation.name, params, region, account, REST_JSON)
-            return Access(f"{service}:Unknown", ("*",), REST_JSON)
+            # Feature Store and SageMaker runtime calls name their resource in the path alone
+            # (BatchGetRecord aside): one description per path serves every record call.
+            key = (request.method, request.environ.get("REQUEST_URI", request.path), region)
+            known = self._rest_accesses.get(key)
+            if known is None:
+                known = self._describe_rest(request, service, region, account)
+                if known.action != "sagemaker:BatchGetRecord":
+                    if len(self._rest_accesses) >= KEPT_DESCRIPTIONS:
+                        self._rest_accesses = {}
+                    self._rest_accesses[key] = known
+            return known
         if protocol == QUERY:
             return actions.query_access(service, request, region, account)
         operation = request.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
@@ -195,6 +200,16 @@ class Enforcer:
         if describe is None:
             return Access(f"{service}:{operation}", ("*",), JSON)
         return describe(operation, actions.json_params(request), region, account)
+
+    def _describe_rest(self, request: Request, service: str, region: str, account: str) -> Access:
+        for candidate in self.cloud.services:
+            routed = getattr(candidate, "route", None)
+            if routed is not None and (found := routed(request)) is not None:
+                operation, params = found
+                if operation.name == "BatchGetRecord":
+                    params = {**params, **actions.json_params(request)}
+                return actions.sagemaker_access(operation.name, params, region, account, REST_JSON)
+        return Access(f"{service}:Unknown", ("*",), REST_JSON)
 
     def _principal(self, signature: Signature) -> Principal:
         key = (signature.access_key_id, signature.session_token)
