@@ -460,14 +460,15 @@ def measure_enforcement(work: Path, claims: list[dict[str, str]]) -> list[Row]:
     put = {mode: statistics.median(rates) for mode, rates in puts.items()}
     p50 = {mode: statistics.median(run[0] for run in runs) for mode, runs in gets.items()}
     p99 = {mode: statistics.median(run[1] for run in runs) for mode, runs in gets.items()}
-    slower = "at most 1.10x"
-    return [
-        Row("IAM enforced: PutRecord records/s", put["enforce"], "/s", slower, put["off"] / put["enforce"] <= 1.10,
-            f"{put['off'] / put['enforce']:.2f}x slower", f"without: {put['off']:,.0f} /s"),
-        Row("IAM enforced: GetRecord p50", p50["enforce"], "ms", slower, p50["enforce"] / p50["off"] <= 1.10,
-            f"{p50['enforce'] / p50['off']:.2f}x", f"without: {p50['off']:.2f} ms"),
-        Row("IAM enforced: GetRecord p99", p99["enforce"], "ms", slower, p99["enforce"] / p99["off"] <= 1.10,
-            f"{p99['enforce'] / p99['off']:.2f}x", f"without: {p99['off']:.2f} ms"),
+    put_ratio = put["enforce"] / put["off"]
+    p50_ratio, p99_ratio = p50["enforce"] / p50["off"], p99["enforce"] / p99["off"]
+    return [  # target: at most 10 % slower with enforcement
+        Row("IAM enforced: PutRecord records/s", put["enforce"], "/s", "", put_ratio >= 1 / 1.10,
+            f"{put_ratio:.2f}x without", f"without: {put['off']:,.0f} /s; target >= 0.91x"),
+        Row("IAM enforced: GetRecord p50", p50["enforce"], "ms", "", p50_ratio <= 1.10,
+            f"{p50_ratio:.2f}x without", f"without: {p50['off']:.2f} ms; target <= 1.10x"),
+        Row("IAM enforced: GetRecord p99", p99["enforce"], "ms", "", p99_ratio <= 1.10,
+            f"{p99_ratio:.2f}x without", f"without: {p99['off']:.2f} ms; target <= 1.10x"),
     ]
 
 

@@ -358,3 +358,30 @@ def test_the_root_user_may_do_anything(enforced: LocalCloud) -> None:
     iam = client(enforced, "iam", keys["AccessKeyId"], keys["SecretAccessKey"])
     iam.create_user(UserName=f"made-by-root-{uuid.uuid4().hex[:6]}")
     assert error_of(client(enforced, "iam", keys["AccessKeyId"], "wrong").list_users)["Code"] == "SignatureDoesNotMatch"
+
+
+def test_presigned_urls_are_checked_like_signed_requests(enforced: LocalCloud, user: Callable[..., Any]) -> None:
+    bucket = f"iam-{uuid.uuid4().hex[:8]}"
+    enforced.client("s3").create_bucket(Bucket=bucket)
+    enforced.client("s3").put_object(Bucket=bucket, Key="shared/a.txt", Body=b"shared")
+    enforced.client("s3").put_object(Bucket=bucket, Key="private/b.txt", Body=b"private")
+    signer = user(allow("s3:GetObject", f"arn:aws:s3:::{bucket}/shared/*"))("s3")
+    s3 = boto3.session.Session().client(  # the same key, presigning with SigV4 (boto3's default is SigV2)
+        "s3", region_name=REGION, endpoint_url=enforced.url, config=Config(signature_version="s3v4"),
+        aws_access_key_id=signer._request_signer._credentials.access_key,
+        aws_secret_access_key=signer._request_signer._credentials.secret_key)
+    v2_url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "shared/a.txt"})
+    status, body = raw_request(enforced, "GET", v2_url[len(enforced.url):], {})
+    assert status == 400 and b"<Code>InvalidRequest</Code>" in body and b"AWS4-HMAC-SHA256" in body
+
+    def fetch(key: str, expires: int = 60) -> tuple[int, bytes]:
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+        return raw_request(enforced, "GET", url[len(enforced.url):], {"Host": f"{enforced.host}:{enforced.port}"})
+
+    assert fetch("shared/a.txt") == (200, b"shared")
+    status, body = fetch("private/b.txt")
+    assert status == 403 and b"s3:GetObject" in body
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "shared/a.txt"}, ExpiresIn=60)
+    tampered = url.replace("shared%2Fa.txt", "private%2Fb.txt").replace("shared/a.txt", "private/b.txt")
+    status, body = raw_request(enforced, "GET", tampered[len(enforced.url):], {"Host": f"{enforced.host}:{enforced.port}"})
+    assert status == 403 and b"SignatureDoesNotMatch" in body

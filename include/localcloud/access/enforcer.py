@@ -63,6 +63,8 @@ _SIGNATURE_ERRORS: dict[str, dict[str, tuple[str, str | None, int]]] = {
     "missing": {JSON: ("MissingAuthenticationTokenException", "Missing Authentication Token", 400),
                 QUERY: ("MissingAuthenticationToken", "Missing Authentication Token", 403),
                 S3: ("AccessDenied", "Access Denied", 403)},
+    "unsupported": {JSON: ("InvalidSignatureException", None, 400), QUERY: ("IncompleteSignature", None, 400),
+                    S3: ("InvalidRequest", None, 400)},
     "missing_content_sha256": {JSON: ("InvalidSignatureException", None, 400),
                                QUERY: ("IncompleteSignature", None, 400), S3: ("InvalidRequest", None, 400)},
 }

@@ -30,7 +30,8 @@ _MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
 
 class SignatureError(Exception):
     """A request whose signature can't be accepted. `reason` picks the service's error code:
-    malformed, unknown_key, invalid_token, expired_token, mismatch, expired_request, missing."""
+    malformed, unsupported, unknown_key, invalid_token, expired_token, mismatch, expired_request,
+    missing, missing_content_sha256."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -85,6 +86,9 @@ def parse_signature(request: Request) -> Signature | None:
         token = request.args.get("X-Amz-Security-Token")
         presigned = True
         _check_not_expired(amz_date, request.args.get("X-Amz-Expires", ""))
+    elif "AWSAccessKeyId" in request.args and "Signature" in request.args:  # a SigV2 presigned URL
+        raise SignatureError("unsupported", "The authorization mechanism you have provided is not supported. "
+                                            f"Please use {ALGORITHM}.")
     else:
         return None
     scope = _CREDENTIAL.match(credential)
