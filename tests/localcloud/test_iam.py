@@ -385,3 +385,15 @@ def test_presigned_urls_are_checked_like_signed_requests(enforced: LocalCloud, u
     tampered = url.replace("shared%2Fa.txt", "private%2Fb.txt").replace("shared/a.txt", "private/b.txt")
     status, body = raw_request(enforced, "GET", tampered[len(enforced.url):], {"Host": f"{enforced.host}:{enforced.port}"})
     assert status == 403 and b"SignatureDoesNotMatch" in body
+
+
+def test_glue_checks_catalog_database_and_table(enforced: LocalCloud, user: Callable[..., Any]) -> None:
+    prefix = f"arn:aws:glue:{REGION}:{ACCOUNT_ID}"
+    enforced.client("glue").create_database(DatabaseInput={"Name": "open_db"})
+    glue = user(allow(["glue:GetTable", "glue:GetDatabase"],
+                      [f"{prefix}:catalog", f"{prefix}:database/open_db", f"{prefix}:table/open_db/*"]))("glue")
+    assert glue.get_database(Name="open_db")["Database"]["Name"] == "open_db"
+    assert error_of(lambda: glue.get_table(DatabaseName="open_db", Name="t"))["Code"] == "EntityNotFoundException"
+    error = error_of(lambda: glue.get_table(DatabaseName="closed_db", Name="t"))
+    assert error["Code"] == "AccessDeniedException"
+    assert f"glue:GetTable on resource: {prefix}:database/closed_db because" in error["Message"]
