@@ -311,7 +311,7 @@ def _trusts(trust_policy: str | dict[str, Any], service: str | None = None, aws:
 def _protocol(request: Request, signing_service: str | None) -> str:
     if signing_service == "s3":
         return S3
-    if "X-Amz-Target" in request.headers:
+    if "HTTP_X_AMZ_TARGET" in request.environ:
         return JSON
     if signing_service == "sagemaker":
         return REST_JSON
