@@ -1,7 +1,8 @@
 """`python -m include.localcloud`: serve the local cloud in the foreground until Ctrl-C or SIGTERM.
 
 Settings come from the environment: LOCALCLOUD_HOST (default 127.0.0.1), LOCALCLOUD_PORT
-(default 4566) and LOCALCLOUD_STATE (default .localcloud)."""
+(default 4566), LOCALCLOUD_STATE (default .localcloud) and LOCALCLOUD_IAM ("enforce" checks every
+request against IAM; default: everything allowed)."""
 
 from __future__ import annotations
 

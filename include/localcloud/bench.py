@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import socket
@@ -34,6 +35,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from include.jobs import schema
 from include.localcloud.server import free_port
@@ -122,11 +124,11 @@ def null_server() -> Iterator[tuple[str, int]]:
 
 # -- the local cloud process -------------------------------------------------------------------
 @contextmanager
-def local_cloud(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def local_cloud(state_dir: Path, settings: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {**os.environ, "LOCALCLOUD_PORT": str(port), "LOCALCLOUD_STATE": str(state_dir),
-           "PYTHONPATH": str(REPO_ROOT)}
-    log_path = state_dir.parent / "localcloud.log"
+           "PYTHONPATH": str(REPO_ROOT), **(settings or {})}
+    log_path = state_dir.parent / f"localcloud-{state_dir.name}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "include.localcloud"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -141,6 +143,8 @@ def local_cloud(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
             try:
                 sts.get_caller_identity()
                 break
+            except ClientError:
+                break  # it answered (a local cloud enforcing IAM refuses the bench's key)
             except Exception:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the local cloud did not answer on {url}: {tail(log_path)}") from None
@@ -159,9 +163,10 @@ def tail(log: Path, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def client(url: str, service: str) -> Any:
+def client(url: str, service: str, credentials: tuple[str, str] = ("bench", "bench")) -> Any:
     return boto3.session.Session().client(
-        service, region_name=REGION, endpoint_url=url, aws_access_key_id="bench", aws_secret_access_key="bench",
+        service, region_name=REGION, endpoint_url=url, aws_access_key_id=credentials[0],
+        aws_secret_access_key=credentials[1],
         config=Config(retries={"max_attempts": 1}, max_pool_connections=CLIENT_THREADS * 2),
     )
 
@@ -399,6 +404,7 @@ def run(work: Path) -> list[Row]:
                         f"p50 {get_p50:.2f} ms ({get_p50 / sts_p50:.2f}x baseline)"))
         rows.append(join)
         rows += measure_endpoint(url, claims, customers, sts_p50, sts_p99, invoke_ceiling)
+    rows += measure_enforcement(work, claims)
     return rows
 
 
@@ -453,6 +459,70 @@ def measure_endpoint(url: str, claims: list[dict[str, str]], customers: list[dic
             f"p50 {ceiling.p50_ms:.1f} ms, p99 {ceiling.p99_ms:.1f} ms"),
         Row(names[3], crowd.p99_ms, "ms", "< 50", crowd.p99_ms < 50, f"{crowd.p99_ms / ceiling.p99_ms:.2f}x ceiling",
             f"p50 {crowd.p50_ms:.1f} ms"),
+    ]
+
+
+# -- the cost of LOCALCLOUD_IAM=enforce --------------------------------------------------------
+def enforcing_principal(url: str, state_dir: Path, group: str) -> tuple[str, str]:
+    """In a local cloud enforcing IAM: the execution role, the bucket and feature group `group`
+    made with the root user's key; returns the key of a user whose policy allows just
+    PutRecord and GetRecord on that group, so that each call is really evaluated."""
+    from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
+
+    root_keys = json.loads((state_dir / ROOT_CREDENTIALS_FILE).read_text())
+    root = (root_keys["AccessKeyId"], root_keys["SecretAccessKey"])
+    iam = client(url, "iam", root)
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                      "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
+    iam.create_role(RoleName=DEFAULT_ROLE_ARN.split("/")[-1], AssumeRolePolicyDocument=json.dumps(trust))
+    client(url, "s3", root).create_bucket(Bucket=BUCKET)
+    create_feature_group(client(url, "sagemaker", root), "claims", group)
+    iam.create_user(UserName="bench")
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": ["sagemaker:PutRecord", "sagemaker:GetRecord"],
+        "Resource": f"arn:aws:sagemaker:{REGION}:123456789012:feature-group/{group}"}]}
+    iam.put_user_policy(UserName="bench", PolicyName="records", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="bench")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def measure_enforcement(work: Path, claims: list[dict[str, str]]) -> list[Row]:
+    """PutRecord records/s and GetRecord p50/p99 of two local clouds up side by side, one with
+    LOCALCLOUD_IAM=enforce, measured alternately (REPETITIONS runs each, medians)."""
+    group = "bench-iam-claims"
+    policy_ids = [row[schema.RECORD_IDENTIFIER] for row in claims]
+    with local_cloud(work / "iam-off") as (plain_url, plain), \
+            local_cloud(work / "iam-enforce", {"LOCALCLOUD_IAM": "enforce"}) as (enforcing_url, enforcing):
+        client(plain_url, "s3").create_bucket(Bucket=BUCKET)
+        create_feature_group(client(plain_url, "sagemaker"), "claims", group)
+        clouds = {
+            "off": (client(plain_url, "sagemaker-featurestore-runtime"), plain.pid),
+            "enforce": (client(enforcing_url, "sagemaker-featurestore-runtime",
+                               enforcing_principal(enforcing_url, work / "iam-enforce", group)), enforcing.pid),
+        }
+        puts: dict[str, list[Throughput]] = {"off": [], "enforce": []}
+        gets: dict[str, list[tuple[float, float]]] = {"off": [], "enforce": []}
+        for _ in range(REPETITIONS):
+            for mode, (featurestore, pid) in clouds.items():
+                puts[mode].append(throughput(put_calls(featurestore, group, claims), pid))
+            for mode, (featurestore, _pid) in clouds.items():
+                samples = latencies(lambda f=featurestore: f.get_record(
+                    FeatureGroupName=group, RecordIdentifierValueAsString=random.choice(policy_ids)), LATENCY_CALLS)
+                gets[mode].append((percentile(samples, 0.50), percentile(samples, 0.99)))
+    put = {mode: statistics.median(run.per_second for run in runs) for mode, runs in puts.items()}
+    server_ms = {mode: statistics.median(run.server_cpu_ms for run in runs) for mode, runs in puts.items()}
+    p50 = {mode: statistics.median(run[0] for run in runs) for mode, runs in gets.items()}
+    p99 = {mode: statistics.median(run[1] for run in runs) for mode, runs in gets.items()}
+    put_ratio = put["enforce"] / put["off"]
+    p50_ratio, p99_ratio = p50["enforce"] / p50["off"], p99["enforce"] / p99["off"]
+    return [  # target: at most 10 % slower with enforcement
+        Row("IAM enforced: PutRecord records/s", put["enforce"], "/s", "", put_ratio >= 1 / 1.10,
+            f"{put_ratio:.2f}x without", f"without: {put['off']:,.0f} /s; target >= 0.91x; server CPU/record "
+            f"{server_ms['enforce']:.2f} ms ({server_ms['off']:.2f} ms without)"),
+        Row("IAM enforced: GetRecord p50", p50["enforce"], "ms", "", p50_ratio <= 1.10,
+            f"{p50_ratio:.2f}x without", f"without: {p50['off']:.2f} ms; target <= 1.10x"),
+        Row("IAM enforced: GetRecord p99", p99["enforce"], "ms", "", p99_ratio <= 1.10,
+            f"{p99_ratio:.2f}x without", f"without: {p99['off']:.2f} ms; target <= 1.10x"),
     ]
 
 

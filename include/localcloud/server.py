@@ -4,6 +4,8 @@ runtime, the SageMaker runtime and Athena are served here; everything else goes 
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import re
@@ -22,6 +24,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from werkzeug.wrappers import Request, Response
 
+from include.localcloud.access.enforcer import ENFORCE, Enforcer
 from include.localcloud.moto_services import MotoServices
 from include.localcloud.protocol import (
     AwsError,
@@ -48,6 +51,8 @@ SERVER_THREADS = 32  # requests in flight at once; jobs and queries run in their
 IDLE_TIMEOUT = 60
 HEADER_TIMEOUT = 10
 CONNECTION_LIMIT = 1000
+ALLOWED_ACTIONS_PATH = "/_localcloud/iam/allowed"  # what LOCALCLOUD_IAM=enforce allowed, per user or role
+IAM_CHANGING_SERVICES = ("iam", "cloudformation")  # their writes can change users, roles and policies
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
 
 
@@ -75,11 +80,18 @@ class LocalCloud:
         state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
+        iam: str | None = None,
     ) -> None:
+        """`iam` is "enforce" to check every request against IAM; default: $LOCALCLOUD_IAM."""
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port
+        self.account_id = ACCOUNT_ID
+        iam = os.environ.get("LOCALCLOUD_IAM", "") if iam is None else iam
+        if iam not in ("", ENFORCE):
+            raise ValueError(f"LOCALCLOUD_IAM must be '{ENFORCE}' or empty, not {iam!r}")
+        self.access = Enforcer(self, enforcing=iam == ENFORCE)
         self.store = Store(self.state_dir / "state.db")
         self.moto = MotoServices(self.state_dir / "moto.pickle")
         self._server: BaseWSGIServer | None = None
@@ -101,20 +113,34 @@ class LocalCloud:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def client(self, service: str, region: str = DEFAULT_REGION) -> Any:
-        """A boto3 client of this local cloud, for the services' own background work."""
+    def client(self, service: str, region: str = DEFAULT_REGION, role_arn: str | None = None) -> Any:
+        """A boto3 client of this local cloud, for the services' own background work. With IAM
+        enforced and a `role_arn`, it calls with that role's temporary credentials, as SageMaker
+        does a job's S3 and Logs work with the job's execution role."""
+        credentials: tuple[str, str, str | None] = (self.access.internal_key_id, self.access.internal_secret, None)
+        if role_arn is not None and self.access.enforcing:
+            role = self.access.role_credentials(role_arn)
+            credentials = (role.access_key_id, role.secret_access_key, role.session_token)
         with self._clients_lock:
-            key = (service, region)
+            key = (service, region, credentials)
             if key not in self._clients:
                 self._clients[key] = boto3.session.Session().client(
                     service,
                     region_name=region,
                     endpoint_url=self.url,
-                    aws_access_key_id="localcloud",
-                    aws_secret_access_key="localcloud",
+                    aws_access_key_id=credentials[0],
+                    aws_secret_access_key=credentials[1],
+                    aws_session_token=credentials[2],
                     config=Config(retries={"max_attempts": 2}, max_pool_connections=32),
                 )
             return self._clients[key]
+
+    def container_credentials(self, role_arn: str | None) -> dict[str, str]:
+        """The AWS_* credentials of a job's or model server's process: its execution role's
+        temporary credentials when IAM is enforced, placeholders otherwise."""
+        if role_arn is not None and self.access.enforcing:
+            return self.access.role_credentials(role_arn).environment()
+        return {"AWS_ACCESS_KEY_ID": "localcloud", "AWS_SECRET_ACCESS_KEY": "localcloud"}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalCloud:
@@ -164,13 +190,25 @@ class LocalCloud:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         region, signing_service = signing_scope(request)
+        if request.path == ALLOWED_ACTIONS_PATH and request.method == "GET":
+            body = json.dumps(self.access.allowed_actions(), indent=1)
+            return Response(body, content_type="application/json")(environ, start_response)
+        if self.access.enforcing:
+            denial = self.access.check(request, signing_service, region)
+            if "_cached_data" in request.__dict__:  # the check read the body: moto reads it again
+                environ["wsgi.input"] = io.BytesIO(request.get_data(cache=True))
+            if denial is not None:
+                return denial(environ, start_response)
         for service in self.services:
             if service.matches(request, signing_service):
                 return self._serve(service, request, region)(environ, start_response)
         if signing_service in {s.model.signing_name for s in self.services} | {"athena"}:
             error = AwsError("UnknownOperationException", f"No route for {request.method} {request.path}.", 404)
             return error_response(error, new_request_id(), rest=True)(environ, start_response)
-        return self.moto(environ, start_response)
+        answer = self.moto(environ, start_response)
+        if signing_service in IAM_CHANGING_SERVICES and request.method == "POST":
+            self.access.invalidate()
+        return answer
 
     def _serve(self, service: JsonService | RestJsonService, request: Request, region: str) -> Response:
         ctx = RequestContext(self, region, ACCOUNT_ID, new_request_id())

@@ -49,10 +49,12 @@ class ModelServer:
     `workdir`/model, with a pool of keep-alive connections to it."""
 
     def __init__(
-        self, workdir: Path, endpoint_name: str, variant_name: str, environment: dict[str, str] | None = None
+        self, workdir: Path, endpoint_name: str, variant_name: str, environment: dict[str, str] | None,
+        credentials: dict[str, str],
     ) -> None:
         self.workdir = workdir
         self.environment = environment or {}  # the model container's Environment
+        self.credentials = credentials  # AWS_* of the model's execution role
         self.endpoint_name = endpoint_name
         self.variant_name = variant_name
         self.log_path = workdir / "model-server.log"
@@ -72,6 +74,7 @@ class ModelServer:
         env = {
             **os.environ,
             **self.environment,
+            **self.credentials,
             "SAGEMAKER_BASE_DIR": str(self.workdir),
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
         }

@@ -357,12 +357,12 @@ class HostingOperations:
         name = deployment.endpoint_name
         server: ModelServer | None = None
         try:
-            variant, container = self._serving_container(deployment.config_name, deployment.region)
+            variant, container, role_arn = self._serving_container(deployment.config_name, deployment.region)
             server = ModelServer(
                 self._endpoint_dir(name) / uuid.uuid4().hex[:12], name, variant["VariantName"],
-                container.get("Environment"),
+                container.get("Environment"), self.cloud.container_credentials(role_arn),
             )
-            self._unpack_model(container, server.workdir / "model", deployment.region)
+            self._unpack_model(container, server.workdir / "model", deployment.region, role_arn)
             server.start(
                 on_exit=lambda exited, code: self._server_exited(name, exited, code, deployment.region)
             )
@@ -465,8 +465,9 @@ class HostingOperations:
         server.publish_logs(self.cloud.client("logs", region))
         server.stop()
 
-    def _serving_container(self, config_name: str, region: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The variant to serve and its model's container (resolved through a model package)."""
+    def _serving_container(self, config_name: str, region: str) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """The variant to serve, its model's container (resolved through a model package) and
+        the model's execution role."""
         config = self.cloud.store.get(ENDPOINT_CONFIG, config_name)
         if config is None:
             raise DeploymentError(f"Endpoint configuration {config_name} does not exist.")
@@ -493,7 +494,7 @@ class HostingOperations:
             )
         if not container.get("ModelDataUrl"):
             raise DeploymentError(f"Model {model['ModelName']} has no ModelDataUrl to serve.")
-        return variant, container
+        return variant, container, model.get("ExecutionRoleArn")
 
     def _model_package_container(self, arn: str) -> dict[str, Any]:
         package = self.cloud.store.get(MODEL_PACKAGE, arn)
@@ -504,14 +505,14 @@ class HostingOperations:
             raise DeploymentError(f"Model package {arn} has no inference containers.")
         return containers[0]
 
-    def _unpack_model(self, container: dict[str, Any], model_dir: Path, region: str) -> None:
+    def _unpack_model(self, container: dict[str, Any], model_dir: Path, region: str, role_arn: str | None) -> None:
         url = container["ModelDataUrl"]
         bucket, key = split_s3_url(url)
         model_dir.mkdir(parents=True)
         archive = model_dir.parent / "model.tar.gz"
         try:
-            self.cloud.client("s3", region).download_file(bucket, key, str(archive))
-        except ClientError as exc:
+            self.cloud.client("s3", region, role_arn).download_file(bucket, key, str(archive))
+        except (ClientError, AwsError) as exc:
             raise DeploymentError(f"Could not download model data from {url}: {exc}") from exc
         try:
             with tarfile.open(archive) as tar:

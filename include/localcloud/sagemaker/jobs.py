@@ -467,8 +467,10 @@ class JobOperations:
     def _new_sandbox(self, kind: JobKind, name: str) -> Sandbox:
         return Sandbox.create(self.cloud.state_dir / "jobs" / kind.store_kind / name)
 
-    def _log(self, kind: JobKind, name: str, region: str, host: str = HOST_NAME) -> CloudWatchLog:
-        return CloudWatchLog(self.cloud.client("logs", region), kind.log_group, f"{name}/{host}-{int(now())}")
+    def _log(self, kind: JobKind, name: str, region: str, role_arn: str | None,
+             host: str = HOST_NAME) -> CloudWatchLog:
+        return CloudWatchLog(self.cloud.client("logs", region, role_arn), kind.log_group,
+                             f"{name}/{host}-{int(now())}")
 
     # -- running a processing job --------------------------------------------------------------
     def _run_processing_job(self, name: str, control: JobControl) -> None:
@@ -498,7 +500,7 @@ class JobOperations:
         with self.job_runner.slot(control):
             self._update(PROCESSING, name, lambda body: body.setdefault("ProcessingStartTime", now()))
             control.set_max_runtime((job.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds"))
-            s3 = self.cloud.client("s3", region)
+            s3 = self.cloud.client("s3", region, job["RoleArn"])
             for item in job.get("ProcessingInputs", []):
                 source = item["S3Input"]
                 sharded = source.get("S3DataDistributionType") == "ShardedByS3Key"
@@ -509,8 +511,10 @@ class JobOperations:
             sandbox.write_json(f"{CONTAINER_BASE}/config/processingjobconfig.json", job)
             sandbox.write_json(f"{CONTAINER_BASE}/config/resourceconfig.json",
                                {"current_host": host, "hosts": hosts})
-            environment = {**container_environment(self.cloud.url, region, sandbox), **job.get("Environment", {})}
-            with self._log(PROCESSING, name, region, host) as log_stream:
+            credentials = self.cloud.container_credentials(job["RoleArn"])
+            environment = {**container_environment(self.cloud.url, region, sandbox, credentials),
+                           **job.get("Environment", {})}
+            with self._log(PROCESSING, name, region, job["RoleArn"], host) as log_stream:
                 outcome = run_process(command, environment, sandbox.root, control, log_stream.write)
             message = exit_message(sandbox)
             if message is not None:
@@ -530,7 +534,7 @@ class JobOperations:
         with self.job_runner.slot(control):
             self._advance_training(name, "Downloading", "Downloading input data", TrainingStartTime=now())
             control.set_max_runtime(job["StoppingCondition"].get("MaxRuntimeInSeconds"))
-            s3 = self.cloud.client("s3", region)
+            s3 = self.cloud.client("s3", region, job["RoleArn"])
             for channel in job.get("InputDataConfig", []):
                 download_s3_prefix(s3, channel["DataSource"]["S3DataSource"]["S3Uri"],
                                    sandbox.path(f"{CONTAINER_BASE}/input/data/{channel['ChannelName']}"), control)
@@ -538,11 +542,12 @@ class JobOperations:
             for folder in ("model", "output/data", "output/intermediate"):
                 sandbox.path(f"{CONTAINER_BASE}/{folder}").mkdir(parents=True, exist_ok=True)
             self._advance_training(name, "Training", "Training image download completed. Training in progress.")
-            environment = {**container_environment(self.cloud.url, region, sandbox),
+            credentials = self.cloud.container_credentials(job["RoleArn"])
+            environment = {**container_environment(self.cloud.url, region, sandbox, credentials),
                            **training_environment(job, sandbox, resource_config), **job.get("Environment", {})}
             metrics = MetricCollector(job["AlgorithmSpecification"].get("MetricDefinitions", []),
                                       algorithm_metrics=True)
-            with self._log(TRAINING, name, region) as log_stream:
+            with self._log(TRAINING, name, region, job["RoleArn"]) as log_stream:
                 def on_line(line: str) -> None:
                     log_stream.write(line)
                     metrics.feed(line)

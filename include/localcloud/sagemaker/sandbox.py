@@ -211,9 +211,9 @@ def container_relative(path: str) -> PurePosixPath | None:
     return pure.relative_to(CONTAINER_BASE)
 
 
-def container_environment(cloud_url: str, region: str, sandbox: Sandbox) -> dict[str, str]:
-    """The environment of a container with an execution role, whose AWS calls reach the local
-    cloud. Nothing else of the server's environment leaks in."""
+def container_environment(cloud_url: str, region: str, sandbox: Sandbox, credentials: dict[str, str]) -> dict[str, str]:
+    """The environment of a container with an execution role (`credentials`: its AWS_* keys),
+    whose AWS calls reach the local cloud. Nothing else of the server's environment leaks in."""
     environment = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
                    if name in os.environ}
     environment.update(
@@ -221,10 +221,9 @@ def container_environment(cloud_url: str, region: str, sandbox: Sandbox) -> dict
         AWS_ENDPOINT_URL=cloud_url,
         AWS_DEFAULT_REGION=region,
         AWS_REGION=region,
-        AWS_ACCESS_KEY_ID="localcloud",
-        AWS_SECRET_ACCESS_KEY="localcloud",
         PYTHONUNBUFFERED="1",  # log lines reach CloudWatch as they are printed
         **{variable: str(CPUS_PER_JOB) for variable in THREAD_POOL_VARIABLES},
+        **credentials,
     )
     return environment
 
