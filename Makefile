@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run test test-fast lint bench bench-cloud bench-run bench-ingest clean up down status logs
+.PHONY: venv dev-venv cloud run data test test-fast lint bench bench-cloud bench-run bench-ingest clean up down status logs
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,13 @@ logs: venv
 ## Override params with CONF, e.g. make run CONF='{"tuning_max_jobs": 4}'.
 run: venv
 	$(BIN)/python -m include.local_run '$(CONF)'
+
+## Raw claims.csv and customers.csv of POLICIES new policies, drawn from a model fitted to data/,
+## in generated/policies-<POLICIES>-seed-<SEED>/; prints the make run CONF that uses them.
+POLICIES ?= 5000
+SEED ?= 0
+data: venv
+	$(BIN)/python -m include.datagen --policies '$(POLICIES)' --seed '$(SEED)'
 
 lint: dev-venv
 	$(BIN)/ruff check .

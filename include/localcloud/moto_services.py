@@ -23,7 +23,10 @@ from moto.backends import get_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.models import FakeKey
 
+from include.localcloud import s3_bodies
 from include.localcloud.periodic import PeriodicWork
+
+s3_bodies.install()
 
 PERSISTED_SERVICES = ("s3", "glue", "sts", "iam", "logs")
 SNAPSHOT_INTERVAL_SECONDS = 2.0
@@ -68,12 +71,14 @@ class BodyStore:
         if known is not None and known[0]() is key:
             digest = known[1]
         else:
-            body = key.value
-            digest = hashlib.sha256(body).hexdigest()
+            digest = hashlib.sha256()
+            for chunk in s3_bodies.BodyView(key):
+                digest.update(chunk)
+            digest = digest.hexdigest()
             path = self.folder / digest
             if not path.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
-                write_durably(path, lambda handle: handle.write(body))
+                write_durably(path, lambda handle: s3_bodies.copy_body(key, handle))
             self._digests[id(key)] = (weakref.ref(key), digest)
         self._referenced.add(digest)
         return StoredBody(digest)
@@ -81,8 +86,8 @@ class BodyStore:
     def begin_snapshot(self) -> None:
         self._referenced = set()
 
-    def load(self, digest: str) -> bytes:
-        return (self.folder / digest).read_bytes()
+    def load(self, digest: str) -> s3_bodies.FileBody:
+        return s3_bodies.FileBody(self.folder / digest)
 
     def remove_unreferenced(self) -> None:
         """Delete the bodies the snapshot just written does not name; forget objects that are gone."""
