@@ -13,12 +13,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.operators.athena import AthenaOperator
 from airflow.providers.amazon.aws.operators.s3 import S3CreateBucketOperator, S3CreateObjectOperator
-from airflow.providers.amazon.aws.operators.sagemaker import (
-    SageMakerModelOperator,
-    SageMakerProcessingOperator,
-    SageMakerTrainingOperator,
-    SageMakerTuningOperator,
-)
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerModelOperator
 from airflow.providers.amazon.aws.transfers.local_to_s3 import LocalFilesystemToS3Operator
 from airflow.sdk import (
     DAG,
@@ -40,6 +35,11 @@ from fraud_operators.lineage import SageMakerLineageOperator
 from fraud_operators.registry import RegisterModelVersionOperator
 from fraud_operators.s3 import LocalFolderToS3Operator, read_s3_json
 from fraud_operators.training import SageMakerBestTrainingJobOperator
+from fraud_operators.waits import (
+    SageMakerProcessingOperator,
+    SageMakerTrainingOperator,
+    SageMakerTuningOperator,
+)
 
 from include.jobs import schema
 from include.pipeline import clarify, configs, decisions, sql
@@ -51,7 +51,9 @@ SETTINGS = Settings.from_env()
 LAYOUT = RunLayout.of(SETTINGS, PREFIX, RUN_TOKEN)
 DATASETS = ("claims", "customers")
 RAW_DATA = {dataset: Asset(name=f"fraud-raw-{dataset}", uri=SETTINGS.raw_data_uri(dataset)) for dataset in DATASETS}
-JOB_WAIT = {"wait_for_completion": True, "check_interval": SETTINGS.check_interval}
+JOB_WAIT = {
+    "wait_for_completion": True, "check_interval": SETTINGS.check_interval, "deferrable": SETTINGS.deferrable
+}
 # Tasks whose results later groups read (group.task ids).
 SELECTED_MODEL = "train.select_model"
 BASELINE_TRAINING = "train.train_baseline"

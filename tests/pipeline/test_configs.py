@@ -217,7 +217,7 @@ def requests_of(task: Any, context: dict[str, Any]) -> list[Request]:
             SageMakerModelOperator: "CreateModel",
             SageMakerEndpointConfigOperator: "CreateEndpointConfig",
             SageMakerEndpointOperator: "CreateEndpoint",
-        }[type(task)]
+        }[next(kind for kind in type(task).__mro__ if kind.__module__.startswith("airflow.providers."))]
         found = [("sagemaker", operation, task.config)]
         if isinstance(task, SageMakerEndpointOperator):  # an existing endpoint is updated instead
             update = {k: v for k, v in task.config.items() if k != "Tags"}
