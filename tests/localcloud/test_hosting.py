@@ -19,7 +19,7 @@ import pytest
 import xgboost as xgb
 from botocore.exceptions import ClientError
 
-from include.localcloud.sagemaker.hosting import MAX_SERVER_REPLACEMENTS
+from include.localcloud.sagemaker.hosting import MAX_SERVER_REPLACEMENTS, extract_files
 from include.localcloud.server import ACCOUNT_ID, LocalCloud
 from tests.conftest import make_client
 
@@ -578,3 +578,36 @@ def test_provider_endpoint_operator_creates_then_updates(cloud, aws, model_urls,
     assert result["Endpoint"]["EndpointConfigName"] == "operated-v2"
     assert aws("sagemaker-runtime").invoke_endpoint(EndpointName="operated", Body="1,2,3,4,5")["Body"].read()
     aws("sagemaker").delete_endpoint(EndpointName="operated")
+
+
+@pytest.mark.parametrize("kind", ["path outside", "symlink"])
+def test_model_archives_unpack_only_their_own_files(tmp_path: Path, kind: str) -> None:
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("xgboost-model")
+        tar.addfile(member, io.BytesIO(b""))
+        if kind == "symlink":
+            link = tarfile.TarInfo("escape")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(link)
+        else:
+            tar.addfile(tarfile.TarInfo("../outside"), io.BytesIO(b""))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    with tarfile.open(archive) as tar, pytest.raises(tarfile.TarError):
+        extract_files(tar, model_dir)
+    assert not (tmp_path / "outside").exists() and not (model_dir / "escape").exists()
+
+
+def test_model_archives_unpack_files_and_folders(tmp_path: Path) -> None:
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("code/inference.py"), io.BytesIO(b""))
+        body = b"booster"
+        member = tarfile.TarInfo("xgboost-model")
+        member.size = len(body)
+        tar.addfile(member, io.BytesIO(body))
+    with tarfile.open(archive) as tar:
+        extract_files(tar, tmp_path / "model")
+    assert (tmp_path / "model" / "xgboost-model").read_bytes() == b"booster"
+    assert (tmp_path / "model" / "code" / "inference.py").is_file()

@@ -514,7 +514,7 @@ class HostingOperations:
             raise DeploymentError(f"Could not download model data from {url}: {exc}") from exc
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(model_dir, filter="data")
+                extract_files(tar, model_dir)
         except tarfile.TarError as exc:
             raise DeploymentError(f"Model data at {url} is not a tar.gz archive: {exc}") from exc
         finally:
@@ -539,3 +539,21 @@ class HostingOperations:
             count = variant.get("InitialInstanceCount", 1)
             summary["CurrentInstanceCount"] = summary["DesiredInstanceCount"] = count
         return summary
+
+
+def extract_files(tar: tarfile.TarFile, folder: Path) -> None:
+    """The archive's regular files and folders under folder, as tarfile's "data" filter does (which
+    Python 3.11 has only from 3.11.4): links, devices and paths leading outside are refused."""
+    root = folder.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name} is not a regular file or folder")
+        if target != root and root not in target.parents:
+            raise tarfile.TarError(f"{member.name} leads outside the model folder")
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tar.extractfile(member) as source, target.open("wb") as copy:
+            shutil.copyfileobj(source, copy)
