@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run test test-fast lint bench bench-cloud bench-run clean up down status logs
+.PHONY: venv dev-venv cloud run test test-fast lint bench bench-cloud bench-run bench-stack clean up down status logs
 
 venv: $(VENV)/.installed
 
@@ -72,6 +72,10 @@ bench-cloud: venv
 
 bench-run: venv
 	$(BIN)/python -m include.bench_run
+
+## Worker-slot seconds of each task under the dev stack, FRAUD_DEFERRABLE off and on (stacks of its own).
+bench-stack: venv
+	$(BIN)/python -m include.bench_stack
 
 clean:
 	rm -rf $(LOCALCLOUD_STATE) reports .pytest_cache
