@@ -99,14 +99,14 @@ class _CheckedWait:
         if event and event.get("status") != "success":
             name = event.get("job_name") or self.job_name()
             description = self.describe(name)
-            if description.get(self.status_key) == self.success_status:
-                return super().execute_complete(context, event)  # type: ignore[misc]
-            if description.get(self.status_key) in ("Failed", "Stopped"):
+            if description.get(self.status_key) == self.success_status:  # it ended well after all
+                event = {**event, "status": "success", "job_name": name}
+            elif description.get(self.status_key) in ("Failed", "Stopped"):
                 raise self.ended_badly(description)
-            # Still running: the triggerer gave up waiting (max attempts), or lost the job.
-            raise AirflowException(
-                f"SageMaker {self.kind} {name} is {description.get(self.status_key)}: {event.get('message')}"
-            )
+            else:  # still running: the triggerer gave up waiting (max attempts), or lost the job
+                raise AirflowException(
+                    f"SageMaker {self.kind} {name} is {description.get(self.status_key)}: {event.get('message')}"
+                )
         result = super().execute_complete(context, event)  # type: ignore[misc]
         self.check_ended_well(result[self.kind])
         return result
