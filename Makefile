@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run data test test-fast lint bench bench-cloud bench-run bench-ingest clean up down status logs
+.PHONY: venv dev-venv cloud run data test test-fast lint bench bench-cloud bench-run bench-ingest bench-stack clean up down status logs
 
 venv: $(VENV)/.installed
 
@@ -80,9 +80,13 @@ bench-cloud: venv
 bench-run: venv
 	$(BIN)/python -m include.bench_run
 
-# Feature Store ingestion records/s; POLICIES="5000 50000" for more sizes.
+## Feature Store ingestion records/s; POLICIES="5000 50000" for more sizes.
 bench-ingest: venv
 	$(BIN)/python -m include.bench_ingest $(POLICIES)
+
+## Worker-slot seconds of each task under the dev stack, FRAUD_DEFERRABLE off and on (stacks of its own).
+bench-stack: venv
+	$(BIN)/python -m include.bench_stack
 
 clean:
 	rm -rf $(LOCALCLOUD_STATE) reports .pytest_cache

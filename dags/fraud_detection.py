@@ -13,11 +13,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.operators.athena import AthenaOperator
 from airflow.providers.amazon.aws.operators.s3 import S3CreateBucketOperator, S3CreateObjectOperator
-from airflow.providers.amazon.aws.operators.sagemaker import (
-    SageMakerModelOperator,
-    SageMakerProcessingOperator,
-    SageMakerTrainingOperator,
-)
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerModelOperator
 from airflow.providers.amazon.aws.transfers.local_to_s3 import LocalFilesystemToS3Operator
 from airflow.sdk import (
     DAG,
@@ -38,7 +34,12 @@ from fraud_operators.lineage import SageMakerLineageOperator
 from fraud_operators.registry import RegisterModelVersionOperator
 from fraud_operators.retries import DeterministicFailuresFailAtOnce
 from fraud_operators.s3 import LocalFolderToS3Operator, read_s3_json
-from fraud_operators.training import SageMakerBestTrainingJobOperator, SageMakerSeededTuningOperator
+from fraud_operators.training import SageMakerBestTrainingJobOperator
+from fraud_operators.waits import (
+    SageMakerProcessingOperator,
+    SageMakerTrainingOperator,
+    SageMakerTuningOperator,
+)
 
 from include.pipeline import clarify, configs, decisions, sql
 from include.pipeline.configs import RunLayout, resource_name
@@ -49,7 +50,9 @@ SETTINGS = Settings.from_env()
 LAYOUT = RunLayout.of(SETTINGS, PREFIX, RUN_TOKEN)
 DATASETS = ("claims", "customers")
 RAW_DATA = {dataset: Asset(name=f"fraud-raw-{dataset}", uri=SETTINGS.raw_data_uri(dataset)) for dataset in DATASETS}
-JOB_WAIT = {"wait_for_completion": True, "check_interval": SETTINGS.check_interval}
+JOB_WAIT = {
+    "wait_for_completion": True, "check_interval": SETTINGS.check_interval, "deferrable": SETTINGS.deferrable
+}
 # Tasks whose results later groups read (group.task ids).
 SELECTED_MODEL = "train.select_model"
 BASELINE_TRAINING = "train.train_baseline"
@@ -418,7 +421,7 @@ with DAG(
         def tuning_enabled(params: dict[str, Any] | None = None) -> bool:
             return params["tuning"]
 
-        tune = SageMakerSeededTuningOperator(
+        tune = SageMakerTuningOperator(
             task_id="tune",
             config=configs.tuning_job(
                 SETTINGS, LAYOUT,

@@ -63,6 +63,10 @@ class Settings:
     # Tail training jobs' CloudWatch logs into the task log. The provider then checks the job's
     # status only every 30 s, which a local run notices.
     print_job_logs: bool = True
+    # Wait for jobs and endpoints in the triggerer (deferrable operators) instead of a worker slot.
+    # The dev stacks (make up, docker compose) turn it on; make run (airflow dags test) runs the
+    # triggers inline when it is on.
+    deferrable: bool = False
     task_retries: int = 2
     retry_delay_seconds: int = 30
     ingest_workers: int = 8
@@ -95,6 +99,7 @@ class Settings:
             athena_workgroup=os.environ.get("FRAUD_ATHENA_WORKGROUP") or defaults.athena_workgroup,
             check_interval=_env_int("FRAUD_CHECK_INTERVAL", defaults.check_interval),
             print_job_logs=_env_flag("FRAUD_PRINT_JOB_LOGS", defaults.print_job_logs),
+            deferrable=_env_flag("FRAUD_DEFERRABLE", defaults.deferrable),
             task_retries=_env_int("FRAUD_TASK_RETRIES", defaults.task_retries),
             retry_delay_seconds=_env_int("FRAUD_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds),
             ingest_workers=_env_int("FRAUD_INGEST_WORKERS", defaults.ingest_workers),

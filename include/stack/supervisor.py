@@ -78,6 +78,8 @@ def service_environment(config: StackConfig, env: dict[str, str], database: str,
     """The environment of every service: the shell's, the pipeline's FRAUD_* settings from .env,
     and the Airflow configuration of this stack."""
     environment = dict(os.environ)
+    # Jobs and endpoints are waited for in the triggerer, freeing the worker slot (.env may say false).
+    environment.setdefault("FRAUD_DEFERRABLE", "true")
     environment.update({key: value for key, value in env.items() if key.startswith(PIPELINE_VARIABLE_PREFIX)})
     python_path = [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     environment.update(

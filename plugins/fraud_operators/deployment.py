@@ -3,13 +3,11 @@ then a smoke test through sagemaker-runtime and the deployment's lineage, side b
 
 from __future__ import annotations
 
-from airflow.providers.amazon.aws.operators.sagemaker import (
-    SageMakerEndpointConfigOperator,
-    SageMakerEndpointOperator,
-)
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerEndpointConfigOperator
 
 from fraud_operators.hosting import SageMakerEndpointSmokeTestOperator
 from fraud_operators.lineage import SageMakerLineageOperator
+from fraud_operators.waits import SageMakerEndpointOperator
 from include.pipeline import configs
 from include.pipeline.configs import resource_name
 from include.pipeline.settings import Settings
@@ -47,6 +45,7 @@ def deploy_to_endpoint(
         operation="create",  # the operator updates the endpoint when it exists
         wait_for_completion=True,
         check_interval=settings.check_interval,
+        deferrable=settings.deferrable,
     )
     smoke_test = SageMakerEndpointSmokeTestOperator(
         task_id="smoke_test", endpoint_name=param("endpoint_name"), data_uri=test_data_uri

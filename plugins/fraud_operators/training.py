@@ -1,4 +1,4 @@
-"""Hyperparameter tuning: a tuning job with a templated RandomSeed, and its best training job."""
+"""The best training job of a hyperparameter tuning job."""
 
 from __future__ import annotations
 
@@ -7,21 +7,11 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
-from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTuningOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from fraud_operators.common import jsonable
-
-
-class SageMakerSeededTuningOperator(SageMakerTuningOperator):
-    """The provider's tuning operator, casting HyperParameterTuningJobConfig.RandomSeed to an
-    integer as it casts the config's other integers (a templated seed renders as a string)."""
-
-    def _create_integer_fields(self) -> None:
-        super()._create_integer_fields()
-        self.integer_fields.append(["HyperParameterTuningJobConfig", "RandomSeed"])
 
 
 class SageMakerBestTrainingJobOperator(AwsBaseOperator[SageMakerHook]):

@@ -208,14 +208,14 @@ def requests_of(task: Any, context: dict[str, Any]) -> list[Request]:
         # The provider casts the integer fields it knows, then sends the config as it is.
         task._create_integer_fields()
         task.parse_config_integers()
-        [operation] = [operation for kind, operation in (
-            (SageMakerProcessingOperator, "CreateProcessingJob"),
-            (SageMakerTrainingOperator, "CreateTrainingJob"),
-            (SageMakerTuningOperator, "CreateHyperParameterTuningJob"),
-            (SageMakerModelOperator, "CreateModel"),
-            (SageMakerEndpointConfigOperator, "CreateEndpointConfig"),
-            (SageMakerEndpointOperator, "CreateEndpoint"),
-        ) if isinstance(task, kind)]
+        operation = {
+            SageMakerProcessingOperator: "CreateProcessingJob",
+            SageMakerTrainingOperator: "CreateTrainingJob",
+            SageMakerTuningOperator: "CreateHyperParameterTuningJob",
+            SageMakerModelOperator: "CreateModel",
+            SageMakerEndpointConfigOperator: "CreateEndpointConfig",
+            SageMakerEndpointOperator: "CreateEndpoint",
+        }[next(kind for kind in type(task).__mro__ if kind.__module__.startswith("airflow.providers."))]
         found = [("sagemaker", operation, task.config)]
         if isinstance(task, SageMakerEndpointOperator):  # an existing endpoint is updated instead
             update = {k: v for k, v in task.config.items() if k != "Tags"}

@@ -111,6 +111,11 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
     # Tuning off: the tuning job was skipped and the baseline went forward; auto-approve: deployed.
     assert states["train.tune"] == "skipped" and states["train.train_baseline"] == "success"
     assert states["deploy.deploy_endpoint"] == states["deploy.smoke_test"] == "success"
+    # make up runs deferrable: the jobs and the endpoint were waited for by the triggerer.
+    with stack.api() as api:
+        for task_id in ("data_prep.preprocess_claims", "dataset.split", "deploy.deploy_endpoint"):
+            log = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1").json()
+            assert "Pausing task as DEFERRED" in log_text(log["content"]), task_id
     sagemaker = aws(stack, "sagemaker")
     assert not sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
     packages = sagemaker.list_model_packages(ModelPackageGroupName=PARAMS["prefix"])["ModelPackageSummaryList"]

@@ -17,7 +17,7 @@ CONF = {"prefix": "make-run-test", "endpoint_name": "make-run-test", "tuning": F
 SUMMARY_KEYS = {
     "dag_id", "run_id", "state", "task_seconds", "dataset_rows", "baseline_test_auc", "test_auc", "test_pr_auc",
     "best_hyperparameters", "pre_training_bias", "post_training_bias", "model_package_arn", "model_approval_status",
-    "endpoint_name", "smoke_prediction", "lineage_edges",
+    "endpoint_name", "smoke_prediction", "lineage_edges", "deferred_tasks",
 }
 
 
@@ -25,14 +25,18 @@ SUMMARY_KEYS = {
 def test_make_run_runs_the_dag_and_writes_the_summary_and_report(stack: ProcessStack, tmp_path: Path) -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "include.local_run", json.dumps(CONF)], cwd=REPO,
-        env={**stack.env, "RUN_REPORT_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=900,
+        # Deferrable: the DAG's jobs and endpoint waited for by triggers, which dags test runs inline.
+        env={**stack.env, "RUN_REPORT_DIR": str(tmp_path), "FRAUD_DEFERRABLE": "true"},
+        capture_output=True, text=True, timeout=900,
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert f"Local cloud: already running on {stack.cloud_url}." in finished.stdout
     assert "+ deploy.smoke_test" in finished.stdout  # each task shown as it ends
+    assert "~ data_prep.preprocess_claims" in finished.stdout  # and as it defers
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
+    assert {"data_prep.preprocess_claims", "deploy.deploy_endpoint"} <= set(summary["deferred_tasks"])
     assert (summary["dag_id"], summary["state"], summary["model_approval_status"]) == (
         "fraud_detection", "success", "Approved")
     assert summary["test_auc"] == summary["baseline_test_auc"] >= CONF["min_test_auc"]  # tuning off
