@@ -32,7 +32,9 @@ HOST_OVERRIDE = Path(__file__).with_name("docker-compose.host.yaml")
 PROJECT_NAME = "fraud-compose-test"  # never the user's own stack (named after the folder)
 PROJECT_IMAGE = "sagemaker-fraud-airflow:3.3.2"  # docker-compose.yaml's default AIRFLOW_IMAGE_NAME
 DAG_ID = "fraud_detection"
-CONF = {"tuning": False, "auto_approve": True}
+# Non-default params: no tuning, auto-approval on. The baseline model's test AUC (0.79) is under the
+# default gate (0.8), so the gate is lowered for it to be approved and deployed.
+CONF = {"tuning": False, "auto_approve": True, "min_test_auc": 0.7}
 # The host ports the stack holds (host networking): API server, local cloud, PostgreSQL, Redis,
 # the scheduler's health check.
 PORTS = {8080: "airflow-apiserver", 4566: "localcloud", 5432: "postgres", 6379: "redis", 8974: "airflow-scheduler"}
@@ -239,7 +241,8 @@ def make_worker_check(stack: Stack) -> Callable[[httpx.Client, str, list[dict[st
         """Under Celery the scheduler runs no task itself: each one that ran is in the worker's log."""
         log = stack.compose("logs", "--no-color", "airflow-worker").stdout
         ran = [i["task_id"] for i in instances if i["state"] == "success"]
-        missing = [task for task in ran if f"task_id='{task}'" not in log and f'"task_id": "{task}"' not in log]
+        forms = ("task_id='{}'", "task_id={} ", '"task_id": "{}"')  # the workload's repr, structlog, JSON
+        missing = [task for task in ran if not any(form.format(task) in log for form in forms)]
         if not ran or missing:
             raise StepFailed(f"tasks of {run_id} not in the worker's log: {', '.join(missing) or 'none ran'}",
                              "airflow-worker")
