@@ -1,7 +1,10 @@
 # The Airflow image of the dev stack (docker-compose.yaml): the official Airflow image with the
 # project's pinned requirements. dags/, plugins/, include/ and data/ are mounted, not copied, so edits
 # show up without a rebuild. No login is baked in: airflow-init writes it from .env.
-FROM apache/airflow:3.3.2-python3.11
+# AIRFLOW_BASE_IMAGE: another image with the official one's layout (make test-compose builds a
+# stand-in where no registry can be reached).
+ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_BASE_IMAGE}
 
 COPY requirements.txt constraints.txt /opt/airflow/
 # requirements.txt pins apache-airflow to the image's version, so pip keeps the image's Airflow.

@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run data test test-fast lint bench bench-cloud bench-run bench-ingest bench-stack clean up down status logs
+.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-stack clean up down status logs
 
 venv: $(VENV)/.installed
 
@@ -67,6 +67,13 @@ lint: dev-venv
 test: dev-venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+## docker-compose.yaml started for real (slow, so not part of make test): an engine (the running one,
+## or, as root, one it installs and starts), official images or local stand-ins, the stack with
+## LocalExecutor and with Celery, a DAG run on each; prints the time of each phase. Holds host ports
+## 8080, 4566, 5432, 6379 and 8974 while it runs.
+test-compose: dev-venv
+	$(BIN)/python -m tests.compose
 
 test-fast: dev-venv
 	$(BIN)/python -m pytest -q -m "not slow"
