@@ -74,7 +74,9 @@ def test_the_aws_cli_deploys_the_template_into_the_local_cloud(cloud, aws) -> No
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
     jobs = statements(iam.get_role_policy(RoleName=execution["RoleName"], PolicyName="sagemaker-jobs")["PolicyDocument"])
     assert jobs["ReadWritePipelineFiles"]["Resource"] == f"arn:aws:s3:::{bucket}/{prefix}/*"
-    assert jobs["FeatureStoreRecords"]["Action"] == ["sagemaker:PutRecord", "sagemaker:BatchGetRecord"]
+    assert jobs["FeatureStoreRecords"]["Action"] == [
+        "sagemaker:BatchGetRecord", "sagemaker:DescribeFeatureGroup", "sagemaker:PutRecord"
+    ]
 
     airflow = iam.get_role(RoleName=f"{prefix}-airflow-eu-west-1")["Role"]
     [trust] = airflow["AssumeRolePolicyDocument"]["Statement"]
