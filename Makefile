@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-stack clean up down status logs
+.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-stack clean up down status logs aws-infra
 
 venv: $(VENV)/.installed
 
@@ -60,6 +60,14 @@ POLICIES ?= 5000
 SEED ?= 0
 data: venv
 	$(BIN)/python -m include.datagen --policies '$(POLICIES)' --seed '$(SEED)'
+
+## infra/template.yaml deployed with the AWS CLI to the account and region of the current
+## credentials (AWS_PROFILE, AWS_DEFAULT_REGION, ...); prints the .env lines Airflow needs.
+## Parameters: make aws-infra AWS_INFRA_PARAMETERS='Prefix=fraud-detection AirflowPrincipal=arn:aws:iam::...'
+AWS_INFRA_STACK ?= fraud-detection
+AWS_INFRA_PARAMETERS ?=
+aws-infra: dev-venv
+	infra/aws-infra.sh $(BIN)/aws $(AWS_INFRA_STACK) $(AWS_INFRA_PARAMETERS)
 
 lint: dev-venv
 	$(BIN)/ruff check .

@@ -24,12 +24,13 @@ from typing import Any
 import boto3
 
 from include.report import Edge, bias_metrics, build_report
-from include.stack.config import PROJECT_DIR, StackConfig, load_config
+from include.stack.config import PROJECT_DIR, StackConfig, StackError, load_config
+from include.stack.infra import LOCAL_CREDENTIALS
 from include.stack.supervisor import (
     LOCAL_CLOUD_REGION,
     SERVICES,
+    deploy_infra,
     local_cloud_answers,
-    local_cloud_connection,
     start_service,
 )
 
@@ -67,7 +68,6 @@ def airflow_environment(config: StackConfig) -> dict[str, str]:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "AIRFLOW_CONN_AWS_DEFAULT": local_cloud_connection(config),
             "AWS_REGION": LOCAL_CLOUD_REGION,
             "AWS_DEFAULT_REGION": LOCAL_CLOUD_REGION,
             "LOCALCLOUD_PORT": str(config.cloud_port),
@@ -141,10 +141,15 @@ def xcom(database: Path, run_id: str, task_id: str) -> Any:
 
 def run_dag(config: StackConfig, conf: dict[str, Any], show_tasks: bool = True,
             deferred: set[str] | None = None) -> tuple[str, str, dict[str, float]]:
-    """Run the DAG, printing task starts, deferrals and ends; (run_id, state, task seconds). The
-    tasks that deferred are added to `deferred` when given."""
+    """Run the DAG with the bucket and roles of infra/template.yaml (deployed into the local cloud
+    when it is not, or differs), printing task starts, deferrals and ends; (run_id, state, task
+    seconds). The tasks that deferred are added to `deferred` when given."""
     deferred = set() if deferred is None else deferred
     environment = airflow_environment(config)
+    try:
+        deploy_infra(config, environment)
+    except StackError as error:
+        raise RunError(str(error)) from error
     home = airflow_home(config)
     home.mkdir(parents=True, exist_ok=True)
     database = home / "airflow.db"
@@ -237,13 +242,8 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 # -- results, read back from the cloud the run used --------------------------------------------------
 def aws_client(config: StackConfig, service: str) -> Any:
-    connection = json.loads(local_cloud_connection(config))
     return boto3.session.Session().client(
-        service,
-        region_name=connection["extra"]["region_name"],
-        endpoint_url=connection["extra"]["endpoint_url"],
-        aws_access_key_id=connection["login"],
-        aws_secret_access_key=connection["password"],
+        service, region_name=LOCAL_CLOUD_REGION, endpoint_url=config.cloud_url, **LOCAL_CREDENTIALS
     )
 
 

@@ -1,4 +1,4 @@
-"""S3, Glue, STS, IAM and CloudWatch Logs, served by moto behind the local cloud's port, with
+"""S3, Glue, STS, IAM, CloudWatch Logs and CloudFormation, served by moto behind the local cloud's port, with
 moto's in-memory state snapshotted to the state folder so it survives a restart.
 
 The snapshot is a pickle of moto's backends, except for the bodies of S3 objects: each is a file
@@ -23,12 +23,15 @@ from moto.backends import get_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.models import FakeKey
 
-from include.localcloud import s3_bodies
+from include.localcloud import (
+    moto_adaptations,  # noqa: F401 - applied when imported
+    s3_bodies,
+)
 from include.localcloud.periodic import PeriodicWork
 
 s3_bodies.install()
 
-PERSISTED_SERVICES = ("s3", "glue", "sts", "iam", "logs")
+PERSISTED_SERVICES = ("s3", "glue", "sts", "iam", "logs", "cloudformation")
 SNAPSHOT_INTERVAL_SECONDS = 2.0
 
 

@@ -6,6 +6,7 @@ here: that is the Airflow AWS connection's job (aws_default, with endpoint_url f
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,8 +23,8 @@ XGBOOST_VERSION = "1.7-1"
 IMAGE_VERSIONS = {"sklearn": SKLEARN_VERSION, "xgboost": XGBOOST_VERSION, "clarify": None}
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
+def _env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name)
     if value is None or value == "":
         return default
     if value.lower() in ("1", "true", "yes", "on"):
@@ -33,8 +34,8 @@ def _env_flag(name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name} must be true or false, got {value!r}")
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name) or str(default)
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name) or str(default)
     try:
         return int(value)
     except ValueError as exc:
@@ -78,31 +79,31 @@ class Settings:
         return {"retries": self.task_retries, "retry_delay": timedelta(seconds=self.retry_delay_seconds)}
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         defaults = cls()
         return cls(
-            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or defaults.region,
-            bucket=os.environ.get("FRAUD_BUCKET") or defaults.bucket,
-            role_arn=os.environ.get("FRAUD_EXECUTION_ROLE_ARN") or defaults.role_arn,
-            prefix=os.environ.get("FRAUD_PREFIX") or defaults.prefix,
-            schedule=os.environ.get("FRAUD_DETECTION_SCHEDULE") or None,
-            claims_file=os.environ.get("FRAUD_CLAIMS_FILE") or defaults.claims_file,
-            customers_file=os.environ.get("FRAUD_CUSTOMERS_FILE") or defaults.customers_file,
-            upload_raw_data=_env_flag("FRAUD_UPLOAD_RAW_DATA", defaults.upload_raw_data),
-            processing_instance_type=os.environ.get("FRAUD_PROCESSING_INSTANCE_TYPE")
+            region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or defaults.region,
+            bucket=environ.get("FRAUD_BUCKET") or defaults.bucket,
+            role_arn=environ.get("FRAUD_EXECUTION_ROLE_ARN") or defaults.role_arn,
+            prefix=environ.get("FRAUD_PREFIX") or defaults.prefix,
+            schedule=environ.get("FRAUD_DETECTION_SCHEDULE") or None,
+            claims_file=environ.get("FRAUD_CLAIMS_FILE") or defaults.claims_file,
+            customers_file=environ.get("FRAUD_CUSTOMERS_FILE") or defaults.customers_file,
+            upload_raw_data=_env_flag(environ, "FRAUD_UPLOAD_RAW_DATA", defaults.upload_raw_data),
+            processing_instance_type=environ.get("FRAUD_PROCESSING_INSTANCE_TYPE")
             or defaults.processing_instance_type,
-            training_instance_type=os.environ.get("FRAUD_TRAINING_INSTANCE_TYPE")
+            training_instance_type=environ.get("FRAUD_TRAINING_INSTANCE_TYPE")
             or defaults.training_instance_type,
-            endpoint_instance_type=os.environ.get("FRAUD_ENDPOINT_INSTANCE_TYPE")
+            endpoint_instance_type=environ.get("FRAUD_ENDPOINT_INSTANCE_TYPE")
             or defaults.endpoint_instance_type,
-            endpoint_name=os.environ.get("FRAUD_ENDPOINT_NAME") or defaults.endpoint_name,
-            athena_workgroup=os.environ.get("FRAUD_ATHENA_WORKGROUP") or defaults.athena_workgroup,
-            check_interval=_env_int("FRAUD_CHECK_INTERVAL", defaults.check_interval),
-            print_job_logs=_env_flag("FRAUD_PRINT_JOB_LOGS", defaults.print_job_logs),
-            deferrable=_env_flag("FRAUD_DEFERRABLE", defaults.deferrable),
-            task_retries=_env_int("FRAUD_TASK_RETRIES", defaults.task_retries),
-            retry_delay_seconds=_env_int("FRAUD_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds),
-            ingest_workers=_env_int("FRAUD_INGEST_WORKERS", defaults.ingest_workers),
+            endpoint_name=environ.get("FRAUD_ENDPOINT_NAME") or defaults.endpoint_name,
+            athena_workgroup=environ.get("FRAUD_ATHENA_WORKGROUP") or defaults.athena_workgroup,
+            check_interval=_env_int(environ, "FRAUD_CHECK_INTERVAL", defaults.check_interval),
+            print_job_logs=_env_flag(environ, "FRAUD_PRINT_JOB_LOGS", defaults.print_job_logs),
+            deferrable=_env_flag(environ, "FRAUD_DEFERRABLE", defaults.deferrable),
+            task_retries=_env_int(environ, "FRAUD_TASK_RETRIES", defaults.task_retries),
+            retry_delay_seconds=_env_int(environ, "FRAUD_RETRY_DELAY_SECONDS", defaults.retry_delay_seconds),
+            ingest_workers=_env_int(environ, "FRAUD_INGEST_WORKERS", defaults.ingest_workers),
         )
 
     # Image URIs are resolved per region by the SageMaker SDK (no AWS call: a bundled table).

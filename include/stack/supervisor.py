@@ -32,6 +32,7 @@ from include.stack.config import (
     login,
     read_env_file,
 )
+from include.stack.infra import InfraError, deploy_local, local_connection
 from include.stack.login import AUTH_MANAGER, users_setting, write_password_file
 
 STARTUP_TIMEOUT_SECONDS = 300  # cold imports of five Python processes on a 2-core laptop
@@ -62,21 +63,21 @@ SERVICES = (
 STOP_ORDER = ("triggerer", "dag-processor", "scheduler", "api-server", "localcloud")
 
 
-def local_cloud_connection(config: StackConfig) -> str:
-    """AIRFLOW_CONN_AWS_DEFAULT of the process stack: the local cloud, with dummy keys."""
-    return json.dumps(
-        {
-            "conn_type": "aws",
-            "login": "localcloud",
-            "password": "localcloud",
-            "extra": {"endpoint_url": config.cloud_url, "region_name": LOCAL_CLOUD_REGION},
-        }
-    )
+def deploy_infra(config: StackConfig, environment: dict[str, str]) -> None:
+    """infra/template.yaml into the local cloud (include/stack/infra.py), with the pipeline's
+    settings in `environment`; Airflow then runs with the bucket and the roles it made: FRAUD_*
+    from its outputs, and an aws_default connection that assumes its Airflow role."""
+    try:
+        infra = deploy_local(config.cloud_url, Settings.from_env(environment))
+    except InfraError as error:
+        raise StackError(str(error)) from error
+    environment.update(infra.environment())
+    environment["AIRFLOW_CONN_AWS_DEFAULT"] = local_connection(config.cloud_url, LOCAL_CLOUD_REGION, infra)
 
 
 def service_environment(config: StackConfig, env: dict[str, str], database: str, username: str) -> dict[str, str]:
     """The environment of every service: the shell's, the pipeline's FRAUD_* settings from .env,
-    and the Airflow configuration of this stack."""
+    and the Airflow configuration of this stack (deploy_infra adds the AWS connection)."""
     environment = dict(os.environ)
     # Jobs and endpoints are waited for in the triggerer, freeing the worker slot (.env may say false).
     environment.setdefault("FRAUD_DEFERRABLE", "true")
@@ -107,7 +108,6 @@ def service_environment(config: StackConfig, env: dict[str, str], database: str,
             "AIRFLOW__API__PORT": str(config.api_port),
             "AIRFLOW__API__BASE_URL": config.api_url,
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW_CONN_AWS_DEFAULT": local_cloud_connection(config),
             # The pipeline's region (include/pipeline/settings.py) agrees with the connection's.
             "AWS_REGION": LOCAL_CLOUD_REGION,
             "AWS_DEFAULT_REGION": LOCAL_CLOUD_REGION,
@@ -293,6 +293,9 @@ def up(config: StackConfig) -> None:
         started["localcloud"] = start_service(config, SERVICES[0], environment)
         _wait(config, started, f"The local cloud on {config.cloud_url}", lambda: local_cloud_answers(config))
         print(f"Local cloud ready on {config.cloud_url} (state in {config.cloud_state}).", flush=True)
+        deploy_infra(config, environment)
+        print(f"Deployed infra/template.yaml: bucket {environment['FRAUD_BUCKET']}, execution role "
+              f"{environment['FRAUD_EXECUTION_ROLE_ARN']}.", flush=True)
         for service in SERVICES[1:]:
             started[service.name] = start_service(config, service, environment)
         print("Starting Airflow: api-server, scheduler, dag-processor, triggerer...", flush=True)

@@ -1,0 +1,145 @@
+"""infra/template.yaml: cfn-lint passes on it; the AWS CLI (make aws-infra's script) deploys it
+into the local cloud, whose moto then holds its bucket and roles as the template says; a changed
+template updates the stack; the stack survives a restart of the local cloud."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from include.localcloud.server import LocalCloud
+from include.pipeline.settings import Settings
+from include.stack.infra import TEMPLATE, deploy, deploy_local, local_parameters
+from tests.conftest import make_client
+
+BIN = Path(sys.executable).parent
+SCRIPT = TEMPLATE.parent / "aws-infra.sh"
+ACCOUNT = "123456789012"
+
+
+def test_cfn_lint_passes() -> None:
+    linted = subprocess.run([BIN / "cfn-lint", str(TEMPLATE)], capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def statements(document: dict) -> dict[str, dict]:
+    return {statement["Sid"]: statement for statement in document["Statement"]}
+
+
+def test_the_aws_cli_deploys_the_template_into_the_local_cloud(cloud, aws) -> None:
+    environment = dict(
+        os.environ, AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local", AWS_DEFAULT_REGION="eu-west-1",
+        AWS_ENDPOINT_URL=cloud.url,
+    )
+    prefix = "cli-test"
+    principal = f"arn:aws:iam::{ACCOUNT}:user/airflow"
+    deployed = subprocess.run(
+        [SCRIPT, BIN / "aws", "cli-test-stack", f"Prefix={prefix}", f"AirflowPrincipal={principal}"],
+        env=environment, capture_output=True, text=True, timeout=120,
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    bucket = f"{prefix}-{ACCOUNT}-eu-west-1"
+    execution_role = f"arn:aws:iam::{ACCOUNT}:role/{prefix}-sagemaker-eu-west-1"
+    airflow_role = f"arn:aws:iam::{ACCOUNT}:role/{prefix}-airflow-eu-west-1"
+    lines = dict(line.split("=", 1) for line in deployed.stdout.splitlines())
+    assert lines["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert lines["FRAUD_BUCKET"] == bucket
+    assert lines["FRAUD_EXECUTION_ROLE_ARN"] == execution_role
+    assert lines["FRAUD_PREFIX"] == prefix
+    assert json.loads(lines["AIRFLOW_CONN_AWS_DEFAULT"].strip("'")) == {
+        "conn_type": "aws", "extra": {"region_name": "eu-west-1", "role_arn": airflow_role}
+    }
+
+    s3, iam = aws("s3", region="eu-west-1"), aws("iam")
+    [rule] = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert block == dict.fromkeys(("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
+                                   "RestrictPublicBuckets"), True)
+    [tls_only] = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert tls_only["Effect"] == "Deny" and tls_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert tls_only["Resource"] == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    # The local cloud's requests count as sent over TLS: the bucket still serves them.
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/k", Body=b"kept")
+    assert s3.get_object(Bucket=bucket, Key=f"{prefix}/k")["Body"].read() == b"kept"
+
+    execution = iam.get_role(RoleName=f"{prefix}-sagemaker-eu-west-1")["Role"]
+    [trust] = execution["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    jobs = statements(iam.get_role_policy(RoleName=execution["RoleName"], PolicyName="sagemaker-jobs")["PolicyDocument"])
+    assert jobs["ReadWritePipelineFiles"]["Resource"] == f"arn:aws:s3:::{bucket}/{prefix}/*"
+    assert jobs["FeatureStoreRecords"]["Action"] == [
+        "sagemaker:BatchGetRecord", "sagemaker:DescribeFeatureGroup", "sagemaker:PutRecord"
+    ]
+
+    airflow = iam.get_role(RoleName=f"{prefix}-airflow-eu-west-1")["Role"]
+    [trust] = airflow["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": principal}
+    pipeline = statements(iam.get_role_policy(RoleName=airflow["RoleName"], PolicyName="airflow-pipeline")["PolicyDocument"])
+    assert pipeline["PassExecutionRole"] == {
+        "Sid": "PassExecutionRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": execution_role,
+        "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+    }
+    assert f"arn:aws:glue:eu-west-1:{ACCOUNT}:table/sagemaker_featurestore/cli_test_*" in (
+        pipeline["ServiceOfflineStoreCatalog"]["Resource"]
+    )
+    assert pipeline["Hosting"]["Resource"][-1] == f"arn:aws:sagemaker:eu-west-1:{ACCOUNT}:endpoint/fraud-detection"
+
+
+def test_a_changed_template_updates_the_stack_and_an_unchanged_one_leaves_it(aws, tmp_path) -> None:
+    cloudformation, iam = aws("cloudformation"), aws("iam")
+    parameters = {**local_parameters(Settings()), "Prefix": "update-test", "BucketName": "update-test-bucket"}
+    deploy(cloudformation, parameters, name="update-test")
+    events = len(cloudformation.describe_stack_events(StackName="update-test")["StackEvents"])
+    deploy(cloudformation, parameters, name="update-test")
+    assert len(cloudformation.describe_stack_events(StackName="update-test")["StackEvents"]) == events
+
+    narrower = tmp_path / "template.yaml"
+    text = TEMPLATE.read_text()
+    hosting_at = text.index("- Sid: Hosting")
+    narrower.write_text(text[:hosting_at] + text[hosting_at:].replace("\n                  - sagemaker:CreateEndpoint\n", "\n", 1))
+    infra = deploy(cloudformation, parameters, name="update-test", template=narrower)
+    assert infra.execution_role_arn.endswith(":role/update-test-sagemaker-us-east-1")
+    hosting = statements(
+        iam.get_role_policy(RoleName="update-test-airflow-us-east-1", PolicyName="airflow-pipeline")["PolicyDocument"]
+    )["Hosting"]
+    assert "sagemaker:CreateEndpoint" not in hosting["Action"]
+    assert "sagemaker:CreateEndpointConfig" in hosting["Action"]
+
+
+def test_bucket_policy_statements_apply_only_when_their_conditions_hold(aws) -> None:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket="policy-conditions")
+    s3.put_object(Bucket="policy-conditions", Key="k", Body=b"x")
+
+    def policy(condition: dict) -> str:
+        return json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Deny", "Principal": "*", "Action": "s3:GetObject",
+            "Resource": "arn:aws:s3:::policy-conditions/*", **condition,
+        }]})
+
+    s3.put_bucket_policy(Bucket="policy-conditions", Policy=policy({"Condition": {"Bool": {"aws:SecureTransport": "false"}}}))
+    assert s3.get_object(Bucket="policy-conditions", Key="k")["Body"].read() == b"x"
+    s3.put_bucket_policy(Bucket="policy-conditions", Policy=policy({"Condition": {"StringEquals": {"aws:SourceVpc": "v"}}}))
+    assert s3.get_object(Bucket="policy-conditions", Key="k")["Body"].read() == b"x"
+    s3.put_bucket_policy(Bucket="policy-conditions", Policy=policy({}))
+    with pytest.raises(ClientError) as denied:
+        s3.get_object(Bucket="policy-conditions", Key="k")
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_the_stack_survives_a_restart(tmp_path) -> None:
+    settings = Settings()
+    with LocalCloud(tmp_path, port=0) as first:
+        deployed = deploy_local(first.url, settings)
+    with LocalCloud(tmp_path, port=0) as second:
+        assert deploy_local(second.url, settings) == deployed
+        stack = make_client(second, "cloudformation").describe_stacks(StackName="fraud-detection")["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE"
+        assert make_client(second, "iam").get_role(RoleName="fraud-detection-sagemaker-us-east-1")
