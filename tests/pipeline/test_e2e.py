@@ -208,7 +208,8 @@ def test_claims_without_customers_fail_data_prep_naming_the_policies(
     customers.to_csv(few_customers, index=False)
     prefix = "fraud-orphan-claims"
     run = dags["fraud_detection"].test(
-        run_conf={"prefix": prefix, "customers_file": str(few_customers), "tuning": False}
+        run_conf={"prefix": prefix, "claims_file": Settings().claims_file, "customers_file": str(few_customers),
+                  "tuning": False}
     )
     found = states(run)
     assert run.state == "failed"

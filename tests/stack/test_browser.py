@@ -150,12 +150,13 @@ def test_trigger_form_shows_the_params_and_triggers_a_run(
     with stack.api() as api:
         instance = f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/check_params"
         deadline = time.monotonic() + 300
-        while api.get(instance).json()["state"] not in ("up_for_retry", "failed"):
+        while (state := api.get(instance).json()["state"]) not in ("up_for_retry", "failed"):
             assert time.monotonic() < deadline, "check_params did not fail"
             time.sleep(2)
+        assert state == "failed"  # invalid params fail at once: no retry
         try:
             page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{run['dag_run_id']}/tasks/check_params?try_number=1")
-            expect(page.get_by_text("ValueError", exact=False).first).to_be_visible()
+            expect(page.get_by_text("InvalidParams", exact=False).first).to_be_visible()
             expect(
                 page.get_by_text(
                     "test_fraction (0.5) + validation_fraction (0.45) must leave at least 10% of the rows for training"

@@ -18,13 +18,17 @@ from typing import Any
 import boto3
 import pytest
 
+from include import datagen
 from include.localcloud.sagemaker.jobs import LOCAL_CLOUD_STOPPED
 from tests.stack.conftest import REPO, ProcessStack
 
 # Jobs whose inputs were written well before they start (the local cloud snapshots moto's state
-# every 2 s): the split, the Clarify and the evaluation jobs.
+# every 2 s): the split, the Clarify and the evaluation jobs. On the 5,000 policies of data/ they
+# can end within MIN_AGE_SECONDS on a quiet machine, so the run has more policies (generated), and
+# ingests them offline_only to keep the run short.
 TARGETS = re.compile(r"-(split|bias-pre|eval|bias-post)-")
 MIN_AGE_SECONDS = 2.5
+POLICIES = 50_000
 
 
 def start_cloud(stack: ProcessStack, log: Path) -> subprocess.Popen[bytes]:
@@ -60,7 +64,9 @@ def test_a_run_survives_the_local_cloud_killed_during_a_job(tmp_path: Path) -> N
     stack.env.update({"FRAUD_RETRY_DELAY_SECONDS": "5", "RUN_REPORT_DIR": str(tmp_path / "report")})
     cloud_log = tmp_path / "localcloud.log"
     cloud = start_cloud(stack, cloud_log)
-    conf = {"prefix": "faults", "tuning": False, "deploy": False}
+    raw = datagen.write(datagen.Model(datagen.read_seed()), POLICIES, 0, tmp_path / "data")
+    conf = {"prefix": "faults", "tuning": False, "deploy": False, "ingest_mode": "offline_only",
+            "claims_file": str(raw["claims"]), "customers_file": str(raw["customers"])}
     run = subprocess.Popen([sys.executable, "-m", "include.local_run", json.dumps(conf)], cwd=REPO, env=stack.env,
                            stdout=(tmp_path / "run.out").open("wb"), stderr=subprocess.STDOUT)
     try:
