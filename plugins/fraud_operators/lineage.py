@@ -58,9 +58,16 @@ class SageMakerLineageHook(AwsBaseHook):
         except ClientError as error:
             if not _is_missing(error):
                 raise
-        return self.conn.create_context(
-            ContextName=name, Source={"SourceUri": source_uri}, ContextType=context_type
-        )["ContextArn"]
+        try:
+            return self.conn.create_context(
+                ContextName=name, Source={"SourceUri": source_uri}, ContextType=context_type
+            )["ContextArn"]
+        except ClientError as error:
+            if not _already_exists(error):
+                raise
+        # Tasks of one run running at once (the two data-prep lineage tasks) create its context
+        # together: the one that loses finds it.
+        return self.conn.describe_context(ContextName=name)["ContextArn"]
 
     def associate(self, source_arn: str, destination_arn: str, association_type: str) -> None:
         existing = self.conn.list_associations(SourceArn=source_arn, DestinationArn=destination_arn)
@@ -77,6 +84,10 @@ class SageMakerLineageHook(AwsBaseHook):
             token = page.get("NextToken")
             if not token:
                 return items
+
+
+def _already_exists(error: ClientError) -> bool:
+    return error.response["Error"]["Code"] == "ValidationException" and "already exists" in str(error)
 
 
 def _is_missing(error: ClientError) -> bool:

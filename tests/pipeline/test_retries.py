@@ -76,3 +76,26 @@ def test_throttling_and_lost_connections_are_retried() -> None:
     assert action(raised(nobody.get_caller_identity)) is RetryAction.DEFAULT
     interrupted = AirflowException(f"SageMaker job failed because {LOCAL_CLOUD_STOPPED}")
     assert action(interrupted) is RetryAction.DEFAULT
+
+
+@pytest.mark.usefixtures("airflow_connection")
+def test_a_run_context_two_tasks_create_at_once_is_found_by_the_one_that_loses() -> None:
+    """Under the scheduler both data-prep lineage tasks find-or-create the run's context at once:
+    the later CreateContext answers ValidationException "already exists", which must not fail a
+    task now that ValidationException fails at once."""
+    from fraud_operators.lineage import SageMakerLineageHook
+
+    hook = SageMakerLineageHook(aws_conn_id="aws_default")
+    winner = hook.conn.create_context(ContextName="raced-run", Source={"SourceUri": "run"}, ContextType="Run")
+    describe = hook.conn.describe_context
+    looks = []
+
+    def describe_before_the_winner_created_it(**kwargs: Any) -> Any:
+        looks.append(kwargs)
+        if len(looks) == 1:  # the loser looked before the winner's CreateContext
+            raise ClientError({"Error": {"Code": "ResourceNotFound", "Message": "not yet"}}, "DescribeContext")
+        return describe(**kwargs)
+
+    hook.conn.describe_context = describe_before_the_winner_created_it
+    assert hook.context("raced-run", "Run", "run") == winner["ContextArn"]
+    assert len(looks) == 2
