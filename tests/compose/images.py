@@ -75,6 +75,7 @@ def _debian_image(environment: dict[str, str], work: Path) -> None:
                               stdin=subprocess.DEVNULL, env={**environment, "DEBIAN_FRONTEND": "noninteractive"})
         if done.returncode != 0:
             raise ComposeTestError("debootstrap is missing and apt-get install debootstrap failed: install it by hand.")
+    work.mkdir(parents=True, exist_ok=True)
     rootfs = work / "rootfs"
     log = work / "debootstrap.log"
     with log.open("wb") as output:
