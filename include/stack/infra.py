@@ -3,7 +3,10 @@ account: the local stacks (make run, make up, compose's airflow-init) run with t
 roles it creates. Deploying is idempotent: the stack is created once, updated when the template
 or its parameters change, left alone otherwise.
 
-`python -m include.stack.infra --endpoint-url URL` deploys it and prints the settings, as .env lines."""
+`python -m include.stack.infra --endpoint-url URL` deploys it and prints the settings, as .env lines
+(compose's airflow-init writes them to a file its Airflow services read at start:
+include/stack/with_infra_settings.sh). With `--credentials FILE` (a local cloud enforcing IAM: its
+root-credentials.json) it deploys with that key, and the connection starts from it too."""
 
 from __future__ import annotations
 
@@ -108,10 +111,19 @@ def deploy(cloudformation: Any, parameters: dict[str, str], name: str = STACK_NA
         raise InfraError(f"stack {name} of {template} has no output {missing}: outputs {outputs}") from None
 
 
-def deploy_local(cloud_url: str, settings: Settings) -> Infra:
+def root_credentials(path: Path) -> dict[str, str]:
+    """The access key of an enforcing local cloud's account root, from its root-credentials.json."""
+    try:
+        keys = json.loads(path.read_text())
+        return {"aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"]}
+    except (OSError, ValueError, KeyError) as error:
+        raise InfraError(f"{path}: not the local cloud's root credentials ({error!r})") from None
+
+
+def deploy_local(cloud_url: str, settings: Settings, credentials: dict[str, str] = LOCAL_CREDENTIALS) -> Infra:
     """The template deployed into the local cloud at cloud_url, with the pipeline's settings."""
     cloudformation = boto3.session.Session().client(
-        "cloudformation", region_name=settings.region, endpoint_url=cloud_url, **LOCAL_CREDENTIALS
+        "cloudformation", region_name=settings.region, endpoint_url=cloud_url, **credentials
     )
     try:
         return deploy(cloudformation, local_parameters(settings))
@@ -119,14 +131,16 @@ def deploy_local(cloud_url: str, settings: Settings) -> Infra:
         raise InfraError(f"deploying {TEMPLATE} into the local cloud at {cloud_url}: {error}") from error
 
 
-def local_connection(cloud_url: str, region: str, infra: Infra) -> str:
+def local_connection(cloud_url: str, region: str, infra: Infra,
+                     credentials: dict[str, str] = LOCAL_CREDENTIALS) -> str:
     """AIRFLOW_CONN_AWS_DEFAULT of a local stack: the local cloud, assuming the stack's Airflow
-    role (STS is the local cloud's too: the provider never sends AssumeRole to endpoint_url)."""
+    role from `credentials` (STS is the local cloud's too: the provider never sends AssumeRole to
+    endpoint_url)."""
     return json.dumps(
         {
             "conn_type": "aws",
-            "login": "localcloud",
-            "password": "localcloud",
+            "login": credentials["aws_access_key_id"],
+            "password": credentials["aws_secret_access_key"],
             "extra": {
                 "endpoint_url": cloud_url,
                 "region_name": region,
@@ -140,16 +154,19 @@ def local_connection(cloud_url: str, region: str, infra: Infra) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.stack.infra", description=__doc__)
     parser.add_argument("--endpoint-url", required=True, help="the local cloud, e.g. http://127.0.0.1:4566")
+    parser.add_argument("--credentials", type=Path, help="root-credentials.json of a local cloud enforcing IAM")
     arguments = parser.parse_args(argv)
     settings = Settings.from_env()
     try:
-        infra = deploy_local(arguments.endpoint_url, settings)
+        credentials = LOCAL_CREDENTIALS if arguments.credentials is None else root_credentials(arguments.credentials)
+        infra = deploy_local(arguments.endpoint_url, settings, credentials)
     except InfraError as error:
         print(error, file=sys.stderr)
         return 1
     for key, value in infra.environment().items():
         print(f"{key}={value}")
-    print(f"AIRFLOW_CONN_AWS_DEFAULT='{local_connection(arguments.endpoint_url, settings.region, infra)}'")
+    connection = local_connection(arguments.endpoint_url, settings.region, infra, credentials)
+    print(f"AIRFLOW_CONN_AWS_DEFAULT='{connection}'")
     return 0
 
 

@@ -1,13 +1,14 @@
 """make test-compose: docker-compose.yaml started for real. An engine (the running one, or one
 started here), the images (official, or stand-ins built here), then the stack with LocalExecutor
-(login, an invalid trigger refused, fraud_detection run to success, the endpoint invoked from the
-host) and with the Celery profile (the worker healthy and running the tasks). Stops what it started
+(login, an invalid trigger refused, fraud_detection run to success under IAM enforcement with the
+roles of infra/template.yaml, the endpoint invoked from the host) and with the Celery profile (the worker healthy and running the tasks). Stops what it started
 and prints the time of each phase. A failure prints one line saying what is wrong and what to do."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from typing import Any
 
 import boto3
 import httpx
+from botocore.exceptions import ClientError
 
+from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.localcloud.server import free_port
 from include.stack.config import StackError, load_config, login, read_env_file
 from tests.compose import engine as engines
@@ -44,6 +47,9 @@ DAG_PARSE_TIMEOUT_SECONDS = 300
 RUN_TIMEOUT_SECONDS = 1800
 API_TIMEOUT_SECONDS = 120
 LOG_LINES = 150
+CLOUD_URL = "http://127.0.0.1:4566"
+# What each role of the template must have been allowed in the run: one call of its own each.
+ROLE_ACTIONS = {"the Airflow role": "sagemaker:CreateEndpoint", "the execution role": "s3:PutObject"}
 
 
 class StepFailed(ComposeTestError):
@@ -99,6 +105,13 @@ class Stack:
             if exited_badly or service.get("Health") not in ("", "healthy", None):
                 faulty.append(service["Service"])
         return faulty
+
+    def read(self, service: str, path: str) -> str:
+        """A file in a running service's container; `path` may name its environment's variables."""
+        done = self.compose("exec", "-T", service, "bash", "-c", f'cat "{path}"')
+        if done.returncode != 0:
+            raise StepFailed(f"{service}: cannot read {path}: {done.stderr.strip()[-300:]}", service)
+        return done.stdout
 
     def logs(self, service: str) -> str:
         return self.compose("logs", "--no-color", "--tail", str(LOG_LINES), service).stdout
@@ -177,10 +190,42 @@ def run_dag(api: httpx.Client, runner: str) -> tuple[str, list[dict[str, Any]]]:
     return run_id, instances
 
 
-def invoke_endpoint() -> str:
-    """The deployed endpoint scores a row, called from the host through the local cloud's port."""
-    options = {"region_name": "us-east-1", "endpoint_url": "http://127.0.0.1:4566",
-               "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+def template_roles(stack: Stack) -> dict[str, str]:
+    """The roles the Airflow services run with, from the settings airflow-init wrote from the stack's
+    outputs: {"the Airflow role": the connection's role_arn, "the execution role": its ARN}."""
+    written = stack.read("airflow-scheduler", "$INFRA_SETTINGS_FILE")
+    settings = dict(line.split("=", 1) for line in written.splitlines() if "=" in line)
+    connection = json.loads(settings["AIRFLOW_CONN_AWS_DEFAULT"].strip("'"))
+    return {"the Airflow role": connection["extra"]["role_arn"], "the execution role": settings["FRAUD_EXECUTION_ROLE_ARN"]}
+
+
+def check_roles_enforced(stack: Stack) -> str:
+    """The local cloud refused an unknown key and allowed the run's calls through the template's roles."""
+    unknown = boto3.client("sagemaker", region_name="us-east-1", endpoint_url=CLOUD_URL,
+                           aws_access_key_id="unknown", aws_secret_access_key="unknown")
+    try:
+        unknown.list_endpoints()
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "UnrecognizedClientException":
+            raise
+    else:
+        raise StepFailed("the local cloud answered a request signed with an unknown key: IAM is not enforced",
+                         "localcloud")
+    allowed = httpx.get(f"{CLOUD_URL}/_localcloud/iam/allowed", timeout=API_TIMEOUT_SECONDS).json()
+    roles = template_roles(stack)
+    for role, action in ROLE_ACTIONS.items():
+        if action not in allowed.get(roles[role], {}):
+            raise StepFailed(f"{role} {roles[role]} was not allowed {action} in the run; the local cloud allowed: "
+                             f"{ {who: len(actions) for who, actions in allowed.items()} }", "localcloud")
+    return ", ".join(f"{role} {roles[role]} allowed {action}" for role, action in ROLE_ACTIONS.items())
+
+
+def invoke_endpoint(stack: Stack) -> str:
+    """The deployed endpoint scores a row, called from the host through the local cloud's port with
+    the account root's key."""
+    keys = json.loads(stack.read("localcloud", f"$LOCALCLOUD_STATE/{ROOT_CREDENTIALS_FILE}"))
+    options = {"region_name": "us-east-1", "endpoint_url": CLOUD_URL,
+               "aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"]}
     endpoints = boto3.client("sagemaker", **options).list_endpoints()["Endpoints"]
     serving = [e["EndpointName"] for e in endpoints if e["EndpointStatus"] == "InService"]
     if not serving:
@@ -222,18 +267,28 @@ def executor_round(stack: Stack, phases: Phases, executor: str, profiles: list[s
     label = "LocalExecutor" if executor == "LocalExecutor" else "Celery"
     with phases.phase(f"{label}: stack healthy (up --wait)"):
         stack.up(executor, profiles)
+    runner = "airflow-worker" if profiles else "airflow-scheduler"
     with phases.phase(f"{label}: DAG run"):
-        with stack.api() as api:
-            wait_for_dag(api)
-            check_invalid_trigger_refused(api)
-            run_id, instances = run_dag(api, "airflow-worker" if profiles else "airflow-scheduler")
-            print(f"{run_id}: success, {len(instances)} task instances; {check(api, run_id, instances)}", flush=True)
+        try:
+            with stack.api() as api:
+                wait_for_dag(api)
+                check_invalid_trigger_refused(api)
+                run_id, instances = run_dag(api, runner)
+                print(f"{run_id}: success, {len(instances)} task instances; {check(api, run_id, instances)}",
+                      flush=True)
+        except StepFailed:
+            raise
+        except Exception as error:  # an answer no check expected: the services' logs say why
+            raise StepFailed(f"{label} DAG run: {error!r}", "airflow-apiserver", runner, "localcloud") from error
     with phases.phase(f"{label}: down -v"):
         stack.down()
 
 
-def endpoint_check(api: httpx.Client, run_id: str, instances: list[dict[str, Any]]) -> str:
-    return invoke_endpoint()
+def make_endpoint_check(stack: Stack) -> Callable[[httpx.Client, str, list[dict[str, Any]]], str]:
+    def roles_and_endpoint(api: httpx.Client, run_id: str, instances: list[dict[str, Any]]) -> str:
+        return f"{check_roles_enforced(stack)}; {invoke_endpoint(stack)}"
+
+    return roles_and_endpoint
 
 
 def make_worker_check(stack: Stack) -> Callable[[httpx.Client, str, list[dict[str, Any]]], str]:
@@ -251,11 +306,25 @@ def make_worker_check(stack: Stack) -> Callable[[httpx.Client, str, list[dict[st
     return worker_ran_the_tasks
 
 
+def check_nothing_left(engine: Engine) -> None:
+    """After the teardown: the stack's ports free and, when this run started the engine, no dockerd
+    or containerd of it left running."""
+    check_ports_free()
+    if engine.started_here:
+        left = subprocess.run(["pgrep", "-f", str(engine.work)], capture_output=True, text=True, check=False)
+        if left.stdout.strip():
+            raise ComposeTestError(f"the engine's processes are still running (PIDs {left.stdout.split()}): "
+                                   f"kill them, then run make test-compose again.")
+
+
 def main() -> int:
+    # A CI timeout's SIGTERM ends the run through the teardown, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     phases = Phases()
     engine: Engine | None = None
     stack: Stack | None = None
     work = Path(tempfile.mkdtemp(prefix="compose-test-"))
+    status = 0
     try:
         env = read_env_file(load_config({}))
         login(env, PROJECT_DIR / ".env")
@@ -273,16 +342,16 @@ def main() -> int:
             image_builds.project_image(engine.environment, PROJECT_IMAGE, used)
         bridge = engines.docker(engine.environment, "network", "inspect", "bridge", check=False).returncode == 0
         stack = Stack(engine, used, host_network=not bridge, env=env)
-        executor_round(stack, phases, "LocalExecutor", [], endpoint_check)
+        executor_round(stack, phases, "LocalExecutor", [], make_endpoint_check(stack))
         executor_round(stack, phases, "CeleryExecutor", ["celery"], make_worker_check(stack))
     except StepFailed as failure:
         for service in failure.services:
             print(f"--- docker compose logs {service} (last {LOG_LINES} lines):\n{stack.logs(service) if stack else ''}")
         print(f"make test-compose: {failure}", file=sys.stderr)
-        return 1
+        status = 1
     except (ComposeTestError, StackError) as error:
         print(f"make test-compose: {error}", file=sys.stderr)
-        return 1
+        status = 1
     finally:
         with phases.phase("teardown (down -v, engine stopped)"):
             if stack is not None:
@@ -291,7 +360,13 @@ def main() -> int:
                 engines.stop(engine)
             subprocess.run(["rm", "-rf", str(work)], check=False)
         print(phases.table(), flush=True)
-    return 0
+    try:
+        if engine is not None:
+            check_nothing_left(engine)
+    except ComposeTestError as error:
+        print(f"make test-compose: {error}", file=sys.stderr)
+        status = 1
+    return status
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """infra/template.yaml: cfn-lint passes on it; the AWS CLI (make aws-infra's script) deploys it
 into the local cloud, whose moto then holds its bucket and roles as the template says; a changed
-template updates the stack; the stack survives a restart of the local cloud."""
+template updates the stack; the stack survives a restart of the local cloud; compose's airflow-init
+deploys it into a local cloud enforcing IAM and its services' connection assumes the Airflow role."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.localcloud.server import LocalCloud
 from include.pipeline.settings import Settings
+from include.stack import infra
 from include.stack.infra import TEMPLATE, deploy, deploy_local, local_parameters
 from tests.conftest import make_client
 
 BIN = Path(sys.executable).parent
 SCRIPT = TEMPLATE.parent / "aws-infra.sh"
+# What each Airflow service of docker-compose.yaml starts through.
+WITH_INFRA_SETTINGS = infra.PROJECT_DIR / "include" / "stack" / "with_infra_settings.sh"
 ACCOUNT = "123456789012"
 
 
@@ -143,3 +148,35 @@ def test_the_stack_survives_a_restart(tmp_path) -> None:
         stack = make_client(second, "cloudformation").describe_stacks(StackName="fraud-detection")["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
         assert make_client(second, "iam").get_role(RoleName="fraud-detection-sagemaker-us-east-1")
+
+
+def test_compose_init_deploys_under_enforcement_and_the_services_assume_the_airflow_role(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    with LocalCloud(tmp_path / "cloud", port=0, iam="enforce") as cloud:
+        # airflow-init's command: without the root key the enforcing cloud refuses, and says so.
+        assert infra.main(["--endpoint-url", cloud.url]) == 1
+        assert "InvalidClientTokenId" in capsys.readouterr().err
+        root_key = cloud.state_dir / ROOT_CREDENTIALS_FILE
+        assert infra.main(["--endpoint-url", cloud.url, "--credentials", str(root_key)]) == 0
+        settings_file = tmp_path / "infra-settings.env"
+        settings_file.write_text(capsys.readouterr().out)
+
+        # A service's environment: what .env sets is kept, what it leaves empty comes from the file.
+        shown = subprocess.run(
+            ["bash", WITH_INFRA_SETTINGS, sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+            env={"PATH": os.environ["PATH"], "INFRA_SETTINGS_FILE": str(settings_file),
+                 "FRAUD_PREFIX": "from-dotenv", "AIRFLOW_CONN_AWS_DEFAULT": ""},
+            capture_output=True, text=True, check=True,
+        )
+        environment = json.loads(shown.stdout)
+        assert environment["FRAUD_PREFIX"] == "from-dotenv"
+        assert environment["FRAUD_BUCKET"] == Settings().bucket
+        assert environment["FRAUD_EXECUTION_ROLE_ARN"] == f"arn:aws:iam::{ACCOUNT}:role/fraud-detection-sagemaker-us-east-1"
+
+        # The provider's hook, with that connection, calls as the template's Airflow role.
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", environment["AIRFLOW_CONN_AWS_DEFAULT"])
+        caller = AwsBaseHook(aws_conn_id="aws_default", client_type="sts").get_conn().get_caller_identity()
+        assert caller["Arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/fraud-detection-airflow-us-east-1/")

@@ -17,6 +17,7 @@ from airflow.models.connection import Connection
 from dotenv import dotenv_values
 from packaging.specifiers import SpecifierSet
 
+from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.stack.login import AUTH_MANAGER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,13 +100,17 @@ def test_services_of_the_airflow_3_architecture(compose: dict[str, Any]) -> None
     assert set(services) == {
         "postgres", "redis", "localcloud", "airflow-init", *AIRFLOW_SERVICES, "airflow-worker"
     }
-    commands = {name: services[name]["command"] for name in AIRFLOW_SERVICES}
+    commands = {name: services[name]["command"] for name in (*AIRFLOW_SERVICES, "airflow-worker")}
+    # Each starts with the settings airflow-init wrote (include/stack/with_infra_settings.sh).
+    start = ["bash", "/opt/airflow/include/stack/with_infra_settings.sh", "airflow"]
     assert commands == {
-        "airflow-apiserver": "api-server",
-        "airflow-scheduler": "scheduler",
-        "airflow-dag-processor": "dag-processor",
-        "airflow-triggerer": "triggerer",
+        "airflow-apiserver": [*start, "api-server"],
+        "airflow-scheduler": [*start, "scheduler"],
+        "airflow-dag-processor": [*start, "dag-processor"],
+        "airflow-triggerer": [*start, "triggerer"],
+        "airflow-worker": [*start, "celery", "worker"],
     }
+    assert (REPO / start[1].removeprefix("/opt/airflow/")).is_file()
     assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
     # Celery, Redis and the worker only behind the celery profile; LocalExecutor by default.
     assert {name for name, service in services.items() if "profiles" in service} == {"redis", "airflow-worker"}
@@ -162,17 +167,25 @@ def test_every_variable_it_reads_is_in_env_example(compose_text: str) -> None:
     assert read - documented == set()
 
 
-def test_aws_connection_defaults_to_the_local_cloud_service(interpolated: dict[str, Any]) -> None:
+def test_the_local_cloud_enforces_iam_and_the_stack_runs_with_the_template(interpolated: dict[str, Any]) -> None:
     services = interpolated["services"]
-    connection = Connection(
-        conn_id="aws_default", uri=services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"]
-    )
-    assert connection.conn_type == "aws"
-    assert connection.extra_dejson["endpoint_url"] == "http://localcloud:4566"
     localcloud = services["localcloud"]
     assert localcloud["entrypoint"] == ["python", "-m", "include.localcloud"]
     assert localcloud["environment"]["LOCALCLOUD_HOST"] == "0.0.0.0"
     assert localcloud["environment"]["LOCALCLOUD_PORT"] == "4566"
+    assert localcloud["environment"]["LOCALCLOUD_IAM"] == "enforce"
+    # airflow-init deploys the template with the root key of the local cloud's state volume, into
+    # the file every service reads; the connection is empty unless .env sets one (a real account's).
+    init = services["airflow-init"]
+    assert init["depends_on"]["localcloud"] == {"condition": "service_healthy"}
+    state = next(mount for mount in localcloud["volumes"] if mount.endswith(":/opt/airflow/localcloud"))
+    assert f"{state}:ro" in init["volumes"]
+    assert "python -m include.stack.infra --endpoint-url http://localcloud:4566" in init["command"][1]
+    assert f"--credentials /opt/airflow/localcloud/{ROOT_CREDENTIALS_FILE}" in init["command"][1]
+    for name in (*AIRFLOW_SERVICES, "airflow-worker"):
+        environment = services[name]["environment"]
+        assert environment["AIRFLOW_CONN_AWS_DEFAULT"] == ""
+        assert environment["INFRA_SETTINGS_FILE"].startswith("/opt/airflow/config/")
     # .env.example's real-account connection is a valid Airflow connection too.
     example = (REPO / ".env.example").read_text()
     real = re.search(r"^# AIRFLOW_CONN_AWS_DEFAULT='(.*)'$", example, flags=re.MULTILINE)
@@ -206,7 +219,8 @@ def test_init_script_is_valid_bash(interpolated: dict[str, Any]) -> None:
     assert init["entrypoint"] == "/bin/bash" and init["command"][0] == "-c"
     checked = subprocess.run(["bash", "-n", "-c", init["command"][1]], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
-    for step in ("airflow config list", "airflow db migrate", "python -m include.stack.login"):
+    for step in ("airflow config list", "airflow db migrate", "python -m include.stack.login",
+                 "python -m include.stack.infra"):
         assert step in init["command"][1]
 
 
