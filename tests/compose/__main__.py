@@ -357,7 +357,9 @@ def main() -> int:
             if stack is not None:
                 stack.down()
             if engine is not None:
+                stopping = time.monotonic()
                 engines.stop(engine)
+                print(f"teardown: engine stopped in {time.monotonic() - stopping:.1f} s", flush=True)
             subprocess.run(["rm", "-rf", str(work)], check=False)
         print(phases.table(), flush=True)
     try:

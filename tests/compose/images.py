@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def _debian_image(environment: dict[str, str], work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rootfs = work / "rootfs"
     log = work / "debootstrap.log"
+    started = time.monotonic()
     with log.open("wb") as output:
         done = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}", "bookworm", str(rootfs)],
@@ -93,6 +95,7 @@ def _debian_image(environment: dict[str, str], work: Path) -> None:
                               capture_output=True, text=True)
     tar.wait()
     shutil.rmtree(rootfs, ignore_errors=True)
+    print(f"images: {DEBIAN_IMAGE} (debootstrap, docker import) made in {time.monotonic() - started:.1f} s", flush=True)
     if tar.returncode != 0 or imported.returncode != 0:
         raise ComposeTestError(f"docker import of the Debian root file system failed: {imported.stderr.strip()}")
 
@@ -102,8 +105,10 @@ def build(environment: dict[str, str], tag: str, context: Path, dockerfile: Path
     command = ["docker", "build", "--force-rm", "--network", "host", "--tag", tag, "--file", str(dockerfile)]
     for name, value in arguments.items():
         command += ["--build-arg", f"{name}={value}"]
+    started = time.monotonic()
     done = subprocess.run([*command, str(context)], env=environment, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT_SECONDS)
+    print(f"images: {tag} built in {time.monotonic() - started:.1f} s", flush=True)
     if done.returncode != 0:
         print(done.stdout[-5000:], done.stderr[-5000:], sep="\n", flush=True)
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

@@ -151,7 +151,7 @@ def test_mounted_folders_exist_and_volumes_are_declared(compose: dict[str, Any])
                 assert (REPO / source).is_dir(), f"{name} mounts {source}, which does not exist"
             else:
                 assert source in compose["volumes"], f"{name} mounts undeclared volume {source}"
-    assert bind_sources == {"./dags", "./plugins", "./include", "./data"}
+    assert bind_sources == {"./dags", "./plugins", "./include", "./data", "./infra"}
     mounts = services["airflow-scheduler"]["volumes"]
     for folder in ("dags", "plugins", "include", "data"):
         assert any(mount.startswith(f"./{folder}:/opt/airflow/{folder}") for mount in mounts)
@@ -181,6 +181,7 @@ def test_the_local_cloud_enforces_iam_and_the_stack_runs_with_the_template(inter
     state = next(mount for mount in localcloud["volumes"] if mount.endswith(":/opt/airflow/localcloud"))
     assert f"{state}:ro" in init["volumes"]
     assert "python -m include.stack.infra --endpoint-url http://localcloud:4566" in init["command"][1]
+    assert "./infra:/opt/airflow/infra:ro" in init["volumes"]  # infra.TEMPLATE, where the image has the project
     assert f"--credentials /opt/airflow/localcloud/{ROOT_CREDENTIALS_FILE}" in init["command"][1]
     for name in (*AIRFLOW_SERVICES, "airflow-worker"):
         environment = services[name]["environment"]
