@@ -273,9 +273,7 @@ def ingest_job(
         layout,
         name=name,
         container="sklearn",
-        inputs=[
-            processing_input("records", layout.processed(dataset), records_dir, distribution="ShardedByS3Key"),
-        ],
+        inputs=[processing_input("records", layout.processed(dataset), records_dir, distribution="ShardedByS3Key")],
         outputs=[processing_output("summary", layout.ingestion(dataset), OUTPUT_DIR)],
         instance_type=instance_type,
         instance_count=instance_count,
@@ -316,9 +314,7 @@ def split_job(
         layout,
         name=name,
         container="sklearn",
-        inputs=[
-            processing_input("dataset", query_result_uri, dataset_dir),
-        ],
+        inputs=[processing_input("dataset", query_result_uri, dataset_dir)],
         outputs=outputs,
         instance_type=instance_type,
         instance_count=instance_count,
