@@ -82,7 +82,8 @@ class _CheckedWait:
         raise NotImplementedError
 
     def wait_limit(self) -> int:
-        raise NotImplementedError
+        """Seconds a deferred wait may last: a processing or training job's, by its StoppingCondition."""
+        return job_runtime_limit(self.config.get("StoppingCondition")) + STARTUP_ALLOWANCE_SECONDS
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
@@ -133,9 +134,6 @@ class SageMakerProcessingOperator(_CheckedWait, provider.SageMakerProcessingOper
     def job_name(self) -> str:
         return self.config["ProcessingJobName"]
 
-    def wait_limit(self) -> int:
-        return job_runtime_limit(self.config.get("StoppingCondition")) + STARTUP_ALLOWANCE_SECONDS
-
 
 class SageMakerTrainingOperator(_CheckedWait, provider.SageMakerTrainingOperator):
     """The provider's training operator; the task fails unless the job Completed."""
@@ -147,9 +145,6 @@ class SageMakerTrainingOperator(_CheckedWait, provider.SageMakerTrainingOperator
 
     def job_name(self) -> str:
         return self.config["TrainingJobName"]
-
-    def wait_limit(self) -> int:
-        return job_runtime_limit(self.config.get("StoppingCondition")) + STARTUP_ALLOWANCE_SECONDS
 
 
 class SageMakerTuningOperator(_CheckedWait, provider.SageMakerTuningOperator):

@@ -548,13 +548,8 @@ def test_endpoints_serve_again_after_a_restart(tmp_path, boosters) -> None:
     assert model_server_pids(tmp_path / "state") == []
 
 
-def test_provider_endpoint_operator_creates_then_updates(cloud, aws, model_urls, monkeypatch) -> None:
+def test_provider_endpoint_operator_creates_then_updates(aws, model_urls, airflow_connection) -> None:
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerEndpointOperator
-
-    connection = {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
     def config(version: int) -> dict[str, Any]:
         name = f"operated-v{version}"

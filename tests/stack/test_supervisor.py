@@ -113,12 +113,17 @@ def test_down_stops_the_whole_process_tree(tmp_path: Path) -> None:
         ["bash", "-c", "sleep 300 & setsid sleep 300 & wait"], start_new_session=True
     )
     leader = psutil.Process(service.pid)
+    # The second sleep leaves the leader's group only when setsid runs, after bash has forked it:
+    # wait for that, not just for the two children.
     deadline = time.monotonic() + 10
-    while len(leader.children()) < 2 and time.monotonic() < deadline:
+    while True:
+        tree = [leader, *leader.children(recursive=True)]
+        groups = {os.getpgid(process.pid) for process in tree}
+        if (len(tree), len(groups)) == (3, 2) or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
-    tree = [leader, *leader.children(recursive=True)]
     assert len(tree) == 3
-    assert len({os.getpgid(process.pid) for process in tree}) == 2
+    assert len(groups) == 2
     path = record_pid_file(stack, "localcloud", leader)
     stopped = stack.run("down")
     service.wait(timeout=10)
