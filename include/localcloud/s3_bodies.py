@@ -99,6 +99,8 @@ class _Concatenation:
 
     def __init__(self, parts: list[FakeKey], spool_bytes: int) -> None:
         self.file = tempfile.SpooledTemporaryFile(spool_bytes)
+        if sum(part.contentsize for part in parts) > spool_bytes:
+            self.file.rollover()  # straight to disk: the spool would fill its memory before it rolls over
         self.sha256 = hashlib.sha256()
         for part in parts:
             for chunk in BodyView(part):
@@ -119,7 +121,10 @@ class UploadedBody:
     error)."""
 
     def __init__(self, request: Request) -> None:
-        self.file = tempfile.SpooledTemporaryFile(get_s3_default_key_buffer_size())
+        spool_bytes = get_s3_default_key_buffer_size()
+        self.file = tempfile.SpooledTemporaryFile(spool_bytes)
+        if (request.content_length or 0) > spool_bytes:
+            self.file.rollover()  # straight to disk: the spool would fill its memory before it rolls over
         self.md5 = md5_hash()
         self.sha256 = hashlib.sha256()
         self.error: S3ClientError | None = None
@@ -271,10 +276,27 @@ def _crc32_computes(algorithm: str) -> bool:
     return library is None or (bool(library) and importlib.util.find_spec(library) is None)
 
 
+def _part_checksum(part: FakeKey, algorithm: str) -> bytes:
+    """moto's compute_checksum(part.value, algorithm, encode_base64=False), the part read in chunks
+    (but for CRC32C and CRC64NVME with their optional libraries, which moto calls on the whole part)."""
+    if _crc32_computes(algorithm):
+        crc = 0
+        for chunk in BodyView(part):
+            crc = binascii.crc32(chunk, crc)
+        return crc.to_bytes(4, "big")
+    if algorithm in ("CRC32C", "CRC64NVME"):
+        return models.compute_checksum(part.value, algorithm, encode_base64=False)
+    digest = hashlib.sha1() if algorithm == "SHA1" else hashlib.sha256()  # compute_checksum's others
+    for chunk in BodyView(part):
+        digest.update(chunk)
+    return digest.digest()
+
+
 def _complete(self: FakeMultipart, body: Iterator[tuple[int, str]]) -> tuple[Any, str, Any]:
     """moto's FakeMultipart.complete with the same checks, etag and checksums, giving the parts
     copied one by one instead of their concatenation in memory. A full-object checksum is computed
-    as the parts are copied when it is a CRC32; others keep moto's own way."""
+    as the parts are copied when it is a CRC32; others keep moto's own way. A composite checksum's
+    part checksums are computed in chunks."""
     algorithm = self.metadata.get("x-amz-checksum-algorithm")
     builder = models.MultipartChecksumBuilder(algorithm, self.metadata.get("x-amz-checksum-type"))
     full_object = bool(algorithm) and builder.checksum_type != "COMPOSITE"
@@ -293,8 +315,9 @@ def _complete(self: FakeMultipart, body: Iterator[tuple[int, str]]) -> tuple[Any
         if full_object:
             for chunk in BodyView(part):
                 crc = binascii.crc32(chunk, crc)
-        elif algorithm:  # without one, moto computes a checksum it never shows
-            builder.addPart(part.value)  # one part at a time
+        elif algorithm:  # composite: the checksum of the parts' checksums (builder.addPart's way)
+            builder.checksum.extend(_part_checksum(part, builder.checksum_algorithm))
+            builder.part_count += 1
         parts.append(part)
     if not parts:
         raise models.MalformedXML()
