@@ -147,7 +147,7 @@ class UploadedBody:
             left -= len(chunk)
 
     def _copy_chunks(self, request: Request) -> None:
-        """aws-chunked: "<hex size>[;chunk-signature=...]\r\n<data>\r\n" until a chunk of size 0, then
+        r"""aws-chunked: "<hex size>[;chunk-signature=...]\r\n<data>\r\n" until a chunk of size 0, then
         "<name>:<value>\r\n" trailers and an empty line."""
         stream = request.stream
         while True:
