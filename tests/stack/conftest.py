@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from dotenv import dotenv_values
@@ -21,6 +22,7 @@ from include.localcloud.server import free_port
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "fraud_detection"
 API_TIMEOUT = 120  # seconds: one API server worker on a busy 2-core machine can be slow to answer
+RUN_TIMEOUT_SECONDS = 1800
 
 
 @dataclass
@@ -59,6 +61,13 @@ class ProcessStack:
             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout,
         )
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of the stack's local cloud."""
+        return boto3.session.Session().client(
+            service, region_name="us-east-1", endpoint_url=self.cloud_url,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+
     def login(self) -> tuple[str, str]:
         values = dotenv_values(self.root / ".env")
         return values["_AIRFLOW_WWW_USER_USERNAME"] or "", values["_AIRFLOW_WWW_USER_PASSWORD"] or ""
@@ -87,6 +96,50 @@ def wait_for_dag(api: httpx.Client, dag_id: str, timeout: float = 180) -> dict[s
             return answer.json()
         time.sleep(2)
     raise AssertionError(f"{dag_id} not parsed within {timeout} s")
+
+
+def log_text(entries: list[Any]) -> str:
+    """Airflow's structured task log as text: each event, and the exceptions it carries."""
+    lines = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            lines.append(str(entry))
+            continue
+        lines.append(str(entry.get("event", "")))
+        for error in entry.get("error_detail") or []:
+            lines.append(f"{error.get('exc_type')}: {error.get('exc_value')}")
+    return "\n".join(lines)
+
+
+def task_log(api: httpx.Client, run_id: str, task_id: str, try_number: int) -> str:
+    """The log of one try of a task, as text."""
+    log = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}").json()
+    return log_text(log["content"])
+
+
+def failed_task_logs(api: httpx.Client, run_id: str) -> str:
+    """The end of the log of each failed task of a run, to say why it failed."""
+    failed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"state": ["failed"]}).json()
+    reports = []
+    for instance in failed["task_instances"]:
+        log = task_log(api, run_id, instance["task_id"], instance["try_number"])
+        reports.append(f"--- {instance['task_id']}:\n" + "\n".join(log.splitlines()[-40:]))
+    return "\n".join(reports) or "no failed task"
+
+
+def wait_for_run(api: httpx.Client, run_id: str, timeout: float = RUN_TIMEOUT_SECONDS) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(5)
+    raise AssertionError(f"run {run_id} not finished after {timeout} s")
+
+
+def task_states(api: httpx.Client, run_id: str) -> dict[str, str]:
+    answer = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100}).json()
+    return {instance["task_id"]: instance["state"] for instance in answer["task_instances"]}
 
 
 @pytest.fixture(scope="session")
