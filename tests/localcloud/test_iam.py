@@ -292,6 +292,7 @@ def test_create_job_checks_pass_role_and_the_job_runs_under_its_role(
     sagemaker.create_processing_job(**script_job("denied-1", bucket, execution))
     job = wait_done(sagemaker, "denied-1")
     assert job["ProcessingJobStatus"] == "Failed"
+    assert job["FailureReason"].startswith("ClientError: Uploading ")  # the job's input fault: not retried
     assert "AccessDenied" in job["FailureReason"] and "s3:PutObject" in job["FailureReason"]
 
 
