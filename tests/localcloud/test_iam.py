@@ -164,6 +164,18 @@ def test_an_action_is_allowed_on_the_resources_its_policy_names(enforced: LocalC
     assert error["Code"] == "AccessDeniedException" and f"{groups}/secret" in error["Message"]
 
 
+def test_tags_given_on_create_need_add_tags_of_the_new_resource(enforced: LocalCloud, user: Callable[..., Any]) -> None:
+    groups = f"arn:aws:sagemaker:{REGION}:{ACCOUNT_ID}:model-package-group"
+    caller = user(allow("sagemaker:CreateModelPackageGroup", f"{groups}/*"), allow("sagemaker:AddTags", f"{groups}/tags-ok"))
+    sagemaker = caller("sagemaker")
+    tags = [{"Key": "project", "Value": "fraud-detection"}]
+    sagemaker.create_model_package_group(ModelPackageGroupName="untagged")
+    sagemaker.create_model_package_group(ModelPackageGroupName="tags-ok", Tags=tags)
+    error = error_of(lambda: sagemaker.create_model_package_group(ModelPackageGroupName="tags-refused", Tags=tags))
+    assert error["Code"] == "AccessDeniedException"
+    assert f"sagemaker:AddTags on resource: {groups}/tags-refused because" in error["Message"]
+
+
 def test_explicit_deny_wins_and_says_so(enforced: LocalCloud, user: Callable[..., Any]) -> None:
     caller = user(allow("sagemaker:*", "*"), {"Effect": "Deny", "Action": "sagemaker:DeleteModel", "Resource": "*"})
     error = error_of(lambda: caller("sagemaker").delete_model(ModelName="m"))

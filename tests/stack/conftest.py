@@ -12,14 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from dotenv import dotenv_values
 
 from include.localcloud.server import free_port
+from include.stack.infra import local_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "fraud_detection"
+# The test stack's FRAUD_PREFIX and FRAUD_ENDPOINT_NAME, so the template's parameters: its local
+# cloud enforces IAM, and the template's roles allow only that prefix and endpoint.
+PREFIX = "stack-test"
+ENDPOINT = "stack-test"
 API_TIMEOUT = 120  # seconds: one API server worker on a busy 2-core machine can be slow to answer
 
 
@@ -37,6 +43,8 @@ class ProcessStack:
             "STACK_ENV_FILE": str(root / ".env"),
             "STACK_API_PORT": str(free_port()),
             "LOCALCLOUD_PORT": str(free_port()),
+            "FRAUD_PREFIX": PREFIX,
+            "FRAUD_ENDPOINT_NAME": ENDPOINT,
         }
         return cls(root, env)
 
@@ -51,6 +59,13 @@ class ProcessStack:
     @property
     def cloud_url(self) -> str:
         return f"http://127.0.0.1:{self.env['LOCALCLOUD_PORT']}"
+
+    def aws(self, service: str) -> Any:
+        """A boto3 client of the stack's local cloud, with its root key (when it enforces IAM)."""
+        return boto3.session.Session().client(
+            service, region_name="us-east-1", endpoint_url=self.cloud_url,
+            **local_credentials(Path(self.env["LOCALCLOUD_STATE"])),
+        )
 
     def run(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """python -m include.stack <command>, as make runs it."""
