@@ -23,9 +23,10 @@ from typing import Any
 
 import boto3
 
+from include.localcloud.access.enforcer import ENFORCE, ROOT_CREDENTIALS_FILE
 from include.report import Edge, bias_metrics, build_report
 from include.stack.config import PROJECT_DIR, StackConfig, StackError, load_config
-from include.stack.infra import LOCAL_CREDENTIALS
+from include.stack.infra import local_credentials
 from include.stack.supervisor import (
     LOCAL_CLOUD_REGION,
     SERVICES,
@@ -59,6 +60,8 @@ def airflow_environment(config: StackConfig) -> dict[str, str]:
     home = airflow_home(config)
     environment = dict(os.environ)
     environment.update(PIPELINE_SETTINGS)
+    # A local cloud this run starts checks every request against the template's roles.
+    environment.setdefault("LOCALCLOUD_IAM", ENFORCE)
     environment.update(
         {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
@@ -243,7 +246,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 # -- results, read back from the cloud the run used --------------------------------------------------
 def aws_client(config: StackConfig, service: str) -> Any:
     return boto3.session.Session().client(
-        service, region_name=LOCAL_CLOUD_REGION, endpoint_url=config.cloud_url, **LOCAL_CREDENTIALS
+        service, region_name=LOCAL_CLOUD_REGION, endpoint_url=config.cloud_url, **local_credentials(config.cloud_state)
     )
 
 
@@ -366,7 +369,8 @@ def main(argv: list[str]) -> int:
     print(f"\nWall time {wall} s. Written: {REPORT_DIR / 'summary.json'}"
           + (f", {REPORT_DIR / 'report.html'}" if evaluation else ""))
     if summary.get("endpoint_name"):
-        print(f"The local cloud stays up on {config.cloud_url}: call the endpoint with\n"
+        print(f"The local cloud stays up on {config.cloud_url}: call the endpoint with the account root's key "
+              f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) from {config.cloud_state / ROOT_CREDENTIALS_FILE}\n"
               f"  aws --endpoint-url {config.cloud_url} sagemaker-runtime invoke-endpoint --endpoint-name "
               f"{summary['endpoint_name']} --content-type text/csv --body fileb://<row.csv> /dev/stdout")
     if state != "success":

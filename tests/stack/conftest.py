@@ -18,9 +18,14 @@ import pytest
 from dotenv import dotenv_values
 
 from include.localcloud.server import free_port
+from include.stack.infra import local_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "fraud_detection"
+# The test stack's FRAUD_PREFIX and FRAUD_ENDPOINT_NAME, so the template's parameters: its local
+# cloud enforces IAM, and the template's roles allow only that prefix and endpoint.
+PREFIX = "stack-test"
+ENDPOINT = "stack-test"
 API_TIMEOUT = 120  # seconds: one API server worker on a busy 2-core machine can be slow to answer
 RUN_TIMEOUT_SECONDS = 1800
 
@@ -39,6 +44,8 @@ class ProcessStack:
             "STACK_ENV_FILE": str(root / ".env"),
             "STACK_API_PORT": str(free_port()),
             "LOCALCLOUD_PORT": str(free_port()),
+            "FRAUD_PREFIX": PREFIX,
+            "FRAUD_ENDPOINT_NAME": ENDPOINT,
         }
         return cls(root, env)
 
@@ -62,10 +69,10 @@ class ProcessStack:
         )
 
     def client(self, service: str) -> Any:
-        """A boto3 client of the stack's local cloud."""
+        """A boto3 client of the stack's local cloud, with its root key (when it enforces IAM)."""
         return boto3.session.Session().client(
             service, region_name="us-east-1", endpoint_url=self.cloud_url,
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            **local_credentials(Path(self.env["LOCALCLOUD_STATE"])),
         )
 
     def login(self) -> tuple[str, str]:

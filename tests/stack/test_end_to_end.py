@@ -12,9 +12,12 @@ from sklearn.metrics import roc_auc_score
 
 from include.jobs import schema
 from include.pipeline.clarify import bias_metrics
+from include.pipeline.configs import RunLayout, short_hash
 from include.pipeline.settings import Settings
 from tests.stack.conftest import (
     DAG_ID,
+    ENDPOINT,
+    PREFIX,
     ProcessStack,
     failed_task_logs,
     task_log,
@@ -26,8 +29,8 @@ from tests.stack.conftest import (
 # Non-default params: the facet balanced (bias mitigation), no tuning, approval decided by the
 # gates, which a working model passes.
 PARAMS = {
-    "prefix": "e2e-fraud",
-    "endpoint_name": "e2e-fraud-endpoint",
+    "prefix": PREFIX,
+    "endpoint_name": ENDPOINT,
     "balance_facet": True,
     "tuning": False,
     "auto_approve": True,
@@ -73,16 +76,18 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
             assert "Pausing task as DEFERRED" in task_log(api, run_id, task_id, 1), task_id
     sagemaker = stack.client("sagemaker")
     assert not sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
-    packages = sagemaker.list_model_packages(ModelPackageGroupName=PARAMS["prefix"])["ModelPackageSummaryList"]
+    # The stack's runs share the template's prefix: this run's package is the one naming its run.
+    packages = [sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"]) for summary in
+                sagemaker.list_model_packages(ModelPackageGroupName=PARAMS["prefix"])["ModelPackageSummaryList"]]
+    packages = [package for package in packages if package["CustomerMetadataProperties"].get("run_id") == run_id]
     assert [package["ModelApprovalStatus"] for package in packages] == ["Approved"]
     assert sagemaker.describe_endpoint(EndpointName=PARAMS["endpoint_name"])["EndpointStatus"] == "InService"
 
     s3 = stack.client("s3")
-    bucket = Settings.from_env().bucket
+    layout = RunLayout.of(Settings.from_env(stack.env), PARAMS["prefix"], short_hash(run_id))
 
     def split(name: str) -> list[list[str]]:
-        [key] = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PARAMS['prefix']}/runs/")["Contents"]
-                 if item["Key"].endswith(f"/dataset/{name}/{name}.csv")]
+        bucket, key = layout.split_file(name).removeprefix("s3://").split("/", 1)
         return list(csv.reader(io.StringIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())))
 
     # The facet balanced: as many women as others within each label of the training set, so
@@ -92,7 +97,7 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
     for row in split("train"):
         counts[(row[0], row[facet])] = counts.get((row[0], row[facet]), 0) + 1
     assert counts[("0", "0")] == counts[("0", "1")] and counts[("1", "0")] == counts[("1", "1")]
-    package = sagemaker.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
+    [package] = packages
     bucket_and_key = package["ModelMetrics"]["Bias"]["PreTrainingReport"]["S3Uri"].removeprefix("s3://")
     report = s3.get_object(Bucket=bucket_and_key.split("/", 1)[0], Key=bucket_and_key.split("/", 1)[1])
     pre_training = bias_metrics(json.loads(report["Body"].read()), "pre")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,11 @@ def _inside(destination: Path, relative_key: str, uri: str) -> Path:
     return target
 
 
+# What boto3's upload_file raises when S3 refuses (AccessDenied, a missing bucket): its transfer
+# wraps the ClientError in an S3UploadFailedError, which is neither.
+UPLOAD_ERRORS = (BotoCoreError, ClientError, S3UploadFailedError)
+
+
 def upload_directory(s3: Any, source: Path, uri: str) -> None:
     """Copy every file under `source` to the S3 prefix `uri`, keeping relative paths."""
     bucket, prefix = split_s3_uri(uri)
@@ -295,7 +301,7 @@ def upload_directory(s3: Any, source: Path, uri: str) -> None:
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             relative = path.relative_to(source).as_posix()
             s3.upload_file(str(path), bucket, f"{prefix}/{relative}" if prefix else relative)
-    except (BotoCoreError, ClientError) as exc:
+    except UPLOAD_ERRORS as exc:
         raise JobFailure(f"ClientError: Uploading {source.name} to {uri} failed: {exc}") from exc
 
 
@@ -303,7 +309,7 @@ def upload_file(s3: Any, path: Path, uri: str) -> None:
     bucket, key = split_s3_uri(uri)
     try:
         s3.upload_file(str(path), bucket, key)
-    except (BotoCoreError, ClientError) as exc:
+    except UPLOAD_ERRORS as exc:
         raise JobFailure(f"ClientError: Uploading {path.name} to {uri} failed: {exc}") from exc
 
 
