@@ -73,7 +73,7 @@ class _CheckedWait:
     success_status = "Completed"
     hook: Any
     config: dict[str, Any]
-    check_interval: int
+    check_interval: float
 
     def describe(self, name: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -88,7 +88,7 @@ class _CheckedWait:
         try:
             result = super().execute(context)  # type: ignore[misc]
         except TaskDeferred as deferral:
-            deferral.trigger.attempts = math.ceil(self.wait_limit() / max(1, self.check_interval))
+            deferral.trigger.attempts = math.ceil(self.wait_limit() / self.check_interval)
             raise
         except WaiterError as error:  # the endpoint's waiter, in the worker: it names no reason
             raise self.ended_badly(self.describe(self.job_name())) from error
