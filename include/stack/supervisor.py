@@ -23,6 +23,7 @@ import psutil
 from include.localcloud.access.enforcer import ENFORCE
 from include.pipeline.settings import Settings
 from include.stack.config import (
+    AWS_SESSION_FACTORY,
     HOST,
     PASSWORD_VARIABLE,
     PIPELINE_VARIABLE_PREFIX,
@@ -114,6 +115,7 @@ def service_environment(config: StackConfig, env: dict[str, str], database: str,
             "AIRFLOW__API__PORT": str(config.api_port),
             "AIRFLOW__API__BASE_URL": config.api_url,
             "AIRFLOW__API__WORKERS": "1",
+            **AWS_SESSION_FACTORY,
             # The pipeline's region (include/pipeline/settings.py) agrees with the connection's.
             "AWS_REGION": LOCAL_CLOUD_REGION,
             "AWS_DEFAULT_REGION": LOCAL_CLOUD_REGION,

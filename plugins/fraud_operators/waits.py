@@ -80,7 +80,7 @@ class _CheckedWait:
     success_status = "Completed"
     hook: Any
     config: dict[str, Any]
-    check_interval: int
+    check_interval: float
     # The job kind's List and Stop operations (boto3 client methods) and the key of the list's items.
     list_operation: str | None = None  # None: nothing to stop (an endpoint)
     stop_operation = ""
@@ -106,7 +106,7 @@ class _CheckedWait:
         try:
             result = super().execute(context)  # type: ignore[misc]
         except TaskDeferred as deferral:
-            deferral.trigger.attempts = math.ceil(self.wait_limit() / max(1, self.check_interval))
+            deferral.trigger.attempts = math.ceil(self.wait_limit() / self.check_interval)
             raise
         except WaiterError as error:  # the endpoint's waiter, in the worker: it names no reason
             raise self.ended_badly(self.describe(self.job_name())) from error

@@ -184,11 +184,13 @@ def test_a_retry_stops_the_job_an_earlier_try_left_running(
     assert result["Processing"]["ProcessingJobStatus"] == "Completed"
 
 
-def test_a_deferred_wait_lasts_as_long_as_the_job_may_run(s3: Any, connection: None) -> None:
+@pytest.mark.parametrize("check_interval", [2, 0.25])  # the dev stack's, make run's
+def test_a_deferred_wait_lasts_as_long_as_the_job_may_run(s3: Any, connection: None, check_interval: float) -> None:
     # The provider watches for 60 checks (2 minutes at one every 2 s); the job may run 600 s.
-    name = "waits-long-enough"
+    name = f"waits-long-enough-{str(check_interval).replace('.', '-')}"
     operator = SageMakerProcessingOperator(
-        task_id="process", config=script_job(name, "code/waits/sleeps.py"), check_interval=2, deferrable=True,
+        task_id="process", config=script_job(name, "code/waits/sleeps.py"), check_interval=check_interval,
+        deferrable=True,
         region_name=REGION, botocore_config={"user_agent_extra": "fraud-waits", "connect_timeout": 7},
     )
     with pytest.raises(TaskDeferred) as deferred:

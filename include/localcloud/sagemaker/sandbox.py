@@ -116,6 +116,9 @@ class JobRunner:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], tuple[threading.Thread, JobControl]] = {}
         self._closed = False
+        # Counts job threads that ended, so that a tuning job learns of a trial's end at once.
+        self._ended = threading.Condition()
+        self._ended_count = 0
 
     def start(self, kind: str, name: str, work: Callable[[JobControl], None]) -> None:
         """Run `work` in a thread of its own; after shutdown nothing starts (the job stays as
@@ -137,6 +140,19 @@ class JobRunner:
         finally:
             with self._lock:
                 self._jobs.pop((kind, name), None)
+            with self._ended:
+                self._ended_count += 1
+                self._ended.notify_all()
+
+    def ended_count(self) -> int:
+        """How many job threads have ended so far: what wait_for_an_end waits past."""
+        with self._ended:
+            return self._ended_count
+
+    def wait_for_an_end(self, seen: int, timeout: float) -> None:
+        """Wait until a job thread ends after `seen` (an ended_count), or `timeout` seconds."""
+        with self._ended:
+            self._ended.wait_for(lambda: self._ended_count != seen, timeout)
 
     def stop(self, kind: str, name: str, reason: StopReason) -> bool:
         """Ask a job's thread to stop; False when no thread runs that job."""
