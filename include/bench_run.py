@@ -20,7 +20,7 @@ from typing import Any
 from include.local_run import DEFAULT_CONF, RunError, collect_results, ensure_local_cloud, run_dag
 from include.stack.config import load_config
 
-TARGET_SECONDS = 120
+TARGET_SECONDS = 60  # issue 9: the default run's median wall time, at most
 DEFAULT = "default: tuning, 8 trials, 2 parallel"
 VARIANTS = {
     "baseline: tuning off": {**DEFAULT_CONF, "tuning": False},
@@ -76,8 +76,8 @@ def main() -> int:
     print(f"\nTest AUC of the chosen model, median: {statistics.median(aucs[baseline]):.3f} (baseline), "
           f"{statistics.median(aucs[default]):.3f} (default)")
     median = statistics.median(walls[default])
-    verdict = "met" if median < TARGET_SECONDS else "NOT met"
-    print(f"\nTarget: the default run under {TARGET_SECONDS} s: {verdict} ({median:.1f} s).")
+    verdict = "met" if median <= TARGET_SECONDS else "NOT met"
+    print(f"\nTarget: the default run in {TARGET_SECONDS} s or less: {verdict} ({median:.1f} s).")
     return deferrable_beside_waiting(config, runs)
 
 

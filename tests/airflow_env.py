@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from include.stack.config import AWS_SESSION_FACTORY
+
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
 PLUGINS_FOLDER = REPO / "plugins"
@@ -31,6 +33,7 @@ def configure() -> None:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            **AWS_SESSION_FACTORY,
         }
     )
     # Airflow puts the plugins folder on sys.path when it starts; DAG files import from it.

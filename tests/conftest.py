@@ -3,6 +3,7 @@ configuration (a throwaway AIRFLOW_HOME) is set first: Airflow reads it once, wh
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,15 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
 def aws(cloud: LocalCloud) -> Callable[..., Any]:
     """aws("s3"), aws("sagemaker", region="eu-west-1", parameter_validation=False), ..."""
     return lambda service, region=REGION, **config: make_client(cloud, service, region, **config)
+
+
+@pytest.fixture
+def airflow_connection(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's aws_default connection, which the provider's operators use, is the session cloud."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
+        {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": REGION}}))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,19 @@
 """Feature Store ingestion of processed records (a processing job script).
 
     python3 ingest.py --feature-group-name NAME [--mode online_and_offline|offline_only]
-                      [--input-dir DIR] [--output-dir DIR] [--workers N] [--max-attempts N]
+                      [--input-dir DIR] [--output-dir DIR] [--workers N] [--processes N]
+                      [--max-attempts N]
 
 Streams the CSV files (header first, columns named as the group's features) of <input-dir>, this
 host's shard of the records, in bounded memory. Records whose online record holds the same
 feature values (event time aside) are skipped, so a re-run on unchanged data, or a retry after a
 failure, puts only new or changed records. The others go, by mode:
 
-- online_and_offline: PutRecord, `--workers` calls at once (botocore's standard retry mode retries
-  throttled and failed calls with exponential back-off, up to `--max-attempts` tries a record);
+- online_and_offline: PutRecord, `--workers` calls at once in each of `--processes` processes
+  (default: one per CPU; each takes every Nth record), as the SageMaker SDK's ingestion manager
+  spreads its calls over processes: boto3 spends about 1 ms of CPU a call, so one process's
+  threads, sharing one interpreter, top out near 1,000 calls/s (botocore's standard retry mode
+  retries throttled and failed calls with exponential back-off, up to `--max-attempts` tries a record);
 - offline_only: a batch write of the offline store, as the Feature Store Spark connector's
   OfflineStore target does: Parquet files in the group's offline-store S3 layout
   (<resolved uri>/year=/month=/day=/hour=/), with the columns Feature Store adds (write_time,
@@ -25,8 +29,10 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import itertools
 import json
 import math
+import multiprocessing
 import os
 import secrets
 import sys
@@ -34,10 +40,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import checks
@@ -54,6 +60,7 @@ ROW_GROUP_ROWS = 10_000  # offline-store rows held before they are written to th
 SHOWN_FAILURES = 5
 ARROW_TYPES = {"Integral": pa.int64(), "Fractional": pa.float64(), "String": pa.string()}
 MILLIS = pa.timestamp("ms")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ class Outcome:
     put: int = 0
     unchanged: int = 0
     min_event_time: float | None = None
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (identifier, why)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (position in the input, identifier, why)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def succeeded(self, event_time: float) -> None:
@@ -130,9 +137,15 @@ class Outcome:
             self.put += 1
             self.min_event_time = event_time if self.min_event_time is None else min(self.min_event_time, event_time)
 
-    def fail(self, identifier: str, why: str) -> None:
+    def fail(self, position: int, identifier: str, why: str) -> None:
         with self.lock:
-            self.failed.append((identifier, why))
+            self.failed.append((position, identifier, why))
+
+    def __getstate__(self) -> dict[str, Any]:  # an ingesting process's outcome, sent back: no lock
+        return {name: value for name, value in vars(self).items() if name != "lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state, lock=threading.Lock())
 
 
 def read_records(input_dir: Path, group: Group) -> Iterator[dict[str, str]]:
@@ -160,10 +173,10 @@ def read_records(input_dir: Path, group: Group) -> Iterator[dict[str, str]]:
                 yield dict(zip(header, row, strict=True))
 
 
-def batches(records: Iterator[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
-    batch: list[dict[str, str]] = []
-    for record in records:
-        batch.append(record)
+def batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -171,11 +184,12 @@ def batches(records: Iterator[dict[str, str]], size: int) -> Iterator[list[dict[
         yield batch
 
 
-def changed_records(runtime: Any, group: Group, batch: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The records of a batch whose online record is absent or holds other feature values."""
+def unchanged_records(runtime: Any, group: Group, batch: list[tuple[int, dict[str, str]]]) -> set[int]:
+    """The positions of the records of a batch of (position, record) whose online record holds
+    the same feature values."""
     if not group.online:
-        return batch
-    wanted = list(dict.fromkeys(record[group.record_identifier] for record in batch))
+        return set()
+    wanted = list(dict.fromkeys(record[group.record_identifier] for _, record in batch))
     stored: dict[str, list[dict[str, str]]] = {}
     while wanted:
         answer = runtime.batch_get_record(
@@ -188,9 +202,8 @@ def changed_records(runtime: Any, group: Group, batch: list[dict[str, str]]) -> 
         stored.update({found["RecordIdentifierValueAsString"]: found["Record"] for found in answer["Records"]})
         wanted = [value for unprocessed in answer.get("UnprocessedIdentifiers", [])
                   for value in unprocessed["RecordIdentifiersValueAsString"]]
-    return [record for record in batch
-            if record[group.record_identifier] not in stored
-            or not group.same_features(record, stored[record[group.record_identifier]])]
+    return {position for position, record in batch if record[group.record_identifier] in stored
+            and group.same_features(record, stored[record[group.record_identifier]])}
 
 
 class OnlineWriter:
@@ -202,11 +215,11 @@ class OnlineWriter:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="put-record")
         self.room = threading.BoundedSemaphore(2 * workers)
 
-    def write(self, record: dict[str, str]) -> None:
+    def write(self, record: dict[str, str], position: int) -> None:
         self.room.acquire()
-        self.pool.submit(self._put, record).add_done_callback(lambda _: self.room.release())
+        self.pool.submit(self._put, record, position).add_done_callback(lambda _: self.room.release())
 
-    def _put(self, record: dict[str, str]) -> None:
+    def _put(self, record: dict[str, str], position: int) -> None:
         identifier = record[self.group.record_identifier]
         try:
             event_time = self.group.event_time(record[self.group.event_time_feature])
@@ -215,7 +228,7 @@ class OnlineWriter:
                 Record=[{"FeatureName": name, "ValueAsString": value} for name, value in record.items()],
             )
         except (ClientError, BotoCoreError, ValueError) as error:
-            self.outcome.fail(identifier, str(error))
+            self.outcome.fail(position, identifier, str(error))
             return
         self.outcome.succeeded(event_time)
 
@@ -247,13 +260,13 @@ class OfflineWriter:
         self.writers: dict[str, tuple[Path, pq.ParquetWriter]] = {}
         self.written: list[tuple[str, float]] = []  # (partition, event time) of rows in files
 
-    def write(self, record: dict[str, str]) -> None:
+    def write(self, record: dict[str, str], position: int) -> None:
         identifier = record[self.group.record_identifier]
         try:
             values = {name: self.group.typed(name, text) for name, text in record.items()}
             event_time = self.group.event_time(record[self.group.event_time_feature])
         except ValueError as error:
-            self.outcome.fail(identifier, str(error))
+            self.outcome.fail(position, identifier, str(error))
             return
         rows = self.pending.setdefault(partition_path(event_time), [])
         rows.append((values, event_time))
@@ -299,18 +312,23 @@ def current_host() -> str:
     return json.loads(config.read_text())["current_host"] if config.is_file() else "algo-1"
 
 
-def ingest(group: Group, mode: str, input_dir: Path, runtime: Any, s3: Any, workers: int) -> Outcome:
+def ingest(group: Group, mode: str, input_dir: Path, runtime: Any, s3: Any, workers: int,
+           stripe: tuple[int, int] = (0, 1)) -> Outcome:
+    """Ingest the records of input_dir, or of `stripe` (index, count) every count-th from index."""
     outcome = Outcome()
+    numbered = itertools.islice(enumerate(read_records(input_dir, group)), stripe[0], None, stripe[1])
     with tempfile.TemporaryDirectory() as scratch:
         writer = OnlineWriter(runtime, group, workers, outcome) if mode == "online_and_offline" \
             else OfflineWriter(s3, group, outcome, Path(scratch))
         try:
-            for batch in batches(read_records(input_dir, group), LOOKUP_BATCH):
+            for batch in batches(numbered, LOOKUP_BATCH):
                 outcome.records += len(batch)
-                changed = changed_records(runtime, group, batch)
-                outcome.unchanged += len(batch) - len(changed)
-                for record in changed:
-                    writer.write(record)
+                unchanged = unchanged_records(runtime, group, batch)
+                for position, record in batch:
+                    if position in unchanged:
+                        outcome.unchanged += 1
+                    else:
+                        writer.write(record, position)
         except BaseException:
             writer.close(complete=False)
             raise
@@ -318,10 +336,42 @@ def ingest(group: Group, mode: str, input_dir: Path, runtime: Any, s3: Any, work
     return outcome
 
 
+def client_config(args: argparse.Namespace) -> Config:
+    # No client-side parameter validation: the service validates every request against the same
+    # model, and botocore's check of a record's features costs 0.15 ms of CPU a call.
+    return Config(retries={"mode": "standard", "total_max_attempts": args.max_attempts},
+                  max_pool_connections=args.workers, parameter_validation=False)
+
+
+def ingest_stripe(group: Group, args: argparse.Namespace, stripe: tuple[int, int]) -> Outcome:
+    """One process's share of online_and_offline ingestion (in a process of its own)."""
+    runtime = boto3.client("sagemaker-featurestore-runtime", config=client_config(args))
+    outcome = ingest(group, args.mode, args.input_dir, runtime, None, args.workers, stripe)
+    return outcome
+
+
+def ingest_in_processes(group: Group, args: argparse.Namespace) -> Outcome:
+    """online_and_offline ingestion on args.processes processes, each its stripe of the records."""
+    total = Outcome()
+    context = multiprocessing.get_context("spawn")  # no fork of a process with boto3's threads
+    with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+        stripes = [pool.submit(ingest_stripe, group, args, (index, args.processes)) for index in range(args.processes)]
+        for stripe in stripes:
+            part = stripe.result()
+            total.records += part.records
+            total.put += part.put
+            total.unchanged += part.unchanged
+            total.failed += part.failed
+            if part.min_event_time is not None:
+                total.min_event_time = min(part.min_event_time, total.min_event_time or part.min_event_time)
+    return total
+
+
 def failure_message(group: Group, outcome: Outcome) -> str:
-    identifiers = [identifier for identifier, _ in outcome.failed]
-    return (f"{len(outcome.failed)} of {outcome.records} records failed to ingest into {group.name} "
-            f"(record identifiers {checks.listing(identifiers, SHOWN_FAILURES)}): {outcome.failed[0][1]}")
+    failed = sorted(outcome.failed)  # in input order, whichever thread or process put them
+    identifiers = [identifier for _, identifier, _ in failed]
+    return (f"{len(failed)} of {outcome.records} records failed to ingest into {group.name} "
+            f"(record identifiers {checks.listing(identifiers, SHOWN_FAILURES)}): {failed[0][2]}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -330,10 +380,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mode", choices=MODES, default=MODES[0])
     parser.add_argument("--input-dir", type=Path, default=BASE_DIR / "processing" / "input" / "records")
     parser.add_argument("--output-dir", type=Path, default=BASE_DIR / "processing" / "output")
-    parser.add_argument("--workers", type=int, default=8, help="concurrent PutRecord calls")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent PutRecord calls per process")
+    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
+                        help="processes putting records (online_and_offline; default: one per CPU)")
     parser.add_argument("--max-attempts", type=int, default=5, help="tries of a record before it fails")
     args = parser.parse_args(argv)
-    for name in ("workers", "max_attempts"):
+    for name in ("workers", "processes", "max_attempts"):
         if getattr(args, name) < 1:
             raise InvalidInput(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -341,12 +393,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    config = Config(retries={"mode": "standard", "total_max_attempts": args.max_attempts},
-                    max_pool_connections=args.workers)
-    runtime = boto3.client("sagemaker-featurestore-runtime", config=config)
     group = Group.describe(boto3.client("sagemaker"), args.feature_group_name)
     started = time.monotonic()
-    outcome = ingest(group, args.mode, args.input_dir, runtime, boto3.client("s3"), args.workers)
+    if args.mode == "online_and_offline" and args.processes > 1:
+        outcome = ingest_in_processes(group, args)
+    else:
+        runtime = boto3.client("sagemaker-featurestore-runtime", config=client_config(args))
+        outcome = ingest(group, args.mode, args.input_dir, runtime, boto3.client("s3"), args.workers)
     seconds = time.monotonic() - started
     host = current_host()
     summary = {

@@ -191,16 +191,21 @@ def throughput(calls: list[Callable[[], Any]], server_pid: int) -> Throughput:
     return Throughput(len(calls) / elapsed, client_cpu / len(calls) * 1000, server_cpu / len(calls) * 1000)
 
 
-def latencies(call: Callable[[], Any], count: int) -> list[float]:
-    """Milliseconds of `count` sequential calls, after a few warm-up calls."""
-    for _ in range(5):
-        call()
+def timed_calls(call: Callable[[], Any], count: int) -> list[float]:
+    """Milliseconds of each of `count` sequential calls."""
     samples = []
     for _ in range(count):
         started = time.perf_counter()
         call()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
+
+
+def latencies(call: Callable[[], Any], count: int) -> list[float]:
+    """Milliseconds of `count` sequential calls, after a few warm-up calls."""
+    for _ in range(5):
+        call()
+    return timed_calls(call, count)
 
 
 def median_latency(call: Callable[[], Any], count: int) -> tuple[float, float]:
@@ -224,18 +229,10 @@ def concurrent_calls(make_call: Callable[[], Callable[[], Any]]) -> Concurrent:
     for call in calls:
         call()  # connect and warm up
     per_thread = CONCURRENT_CALLS // CONCURRENT_THREADS
-
-    def thread(call: Callable[[], Any]) -> list[float]:
-        samples = []
-        for _ in range(per_thread):
-            started = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - started) * 1000)
-        return samples
-
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENT_THREADS) as pool:
-        samples = [sample for samples in pool.map(thread, calls) for sample in samples]
+        runs = pool.map(lambda call: timed_calls(call, per_thread), calls)
+        samples = [sample for run in runs for sample in run]
     elapsed = time.perf_counter() - started
     return Concurrent(len(samples) / elapsed, percentile(samples, 0.50), percentile(samples, 0.99))
 
@@ -391,6 +388,11 @@ def run(work: Path) -> list[Row]:
                         ">= 2000", put.per_second >= 2000, f"{put.per_second / ceiling.per_second:.2f}x ceiling",
                         f"CPU/call: client {put.client_cpu_ms:.2f} ms, server {put.server_cpu_ms:.2f} ms"
                         f" (one core each: at most {1000 / put.client_cpu_ms:,.0f}/s and {1000 / put.server_cpu_ms:,.0f}/s)"))
+        # The server's CPU per record against the do-nothing server's per call, measured alike:
+        # the machine's load inflates both.
+        server_ratio = put.server_cpu_ms / ceiling.server_cpu_ms
+        rows.append(Row("PutRecord server CPU/record", put.server_cpu_ms, "ms", "", None,
+                        f"{server_ratio:.1f}x ceiling", f"the do-nothing server's: {ceiling.server_cpu_ms:.3f} ms/call"))
         throughput(put_calls(featurestore, customers_group["FeatureGroupName"], customers), process.pid)
 
         # The join waits for the offline store to hold every record: GetRecord is then measured

@@ -5,8 +5,8 @@ infra/template.yaml needs, and what the local cloud does instead. Applied once, 
   deletes the bucket's policy.
 - AWS::S3::Bucket: moto ignores PublicAccessBlockConfiguration; here it is put on the bucket.
 - AWS::IAM::Role: moto keeps inline policies as parsed dicts (GetRolePolicy then answers their
-  Python repr), and on a stack update changes only the description. Here the inline policies are
-  JSON, and on an update the trust policy and the inline policies follow the template.
+  Python repr), and on a stack update changes only the description. Here, on a create and an
+  update, the trust policy and the inline policies (as JSON) follow the template.
 - A change set (what `aws cloudformation deploy` makes) that creates a stack leaves moto's stack
   without its template, hence without outputs; here the stack gets the change set's template.
 - Bucket policies: moto applies a statement whatever its Condition says, so the template's
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Callable
 from typing import Any
 
 from moto.cloudformation import parsing
@@ -92,8 +93,35 @@ class BucketPolicy(CloudFormationModel):
             backend.delete_bucket_policy(self.bucket_name)
 
 
-def _put_public_access_block(bucket: FakeBucket, cloudformation_json: Any, account_id: str, region: str) -> None:
-    block = cloudformation_json.get("Properties", {}).get("PublicAccessBlockConfiguration")
+def _follow_template(
+    model: type[CloudFormationModel], complete: Callable[[Any, dict[str, Any], str, str], None]
+) -> None:
+    """After moto creates or updates a `model` resource from a template, `complete(resource,
+    properties, account_id, region_name)` puts on it what moto leaves out."""
+    create = model.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+    update = model.update_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_and_complete(
+        cls: type, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> Any:
+        resource = create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        complete(resource, cloudformation_json.get("Properties", {}), account_id, region_name)
+        return resource
+
+    def update_and_complete(
+        cls: type, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str,
+        region_name: str,
+    ) -> Any:
+        resource = update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
+        complete(resource, cloudformation_json.get("Properties", {}), account_id, region_name)
+        return resource
+
+    model.create_from_cloudformation_json = classmethod(create_and_complete)  # type: ignore[method-assign,assignment]
+    model.update_from_cloudformation_json = classmethod(update_and_complete)  # type: ignore[method-assign,assignment]
+
+
+def _put_public_access_block(bucket: FakeBucket, properties: dict[str, Any], account_id: str, region: str) -> None:
+    block = properties.get("PublicAccessBlockConfiguration")
     backend = _backend(account_id, region)
     if block:
         backend.put_public_access_block(bucket.name, block)
@@ -101,65 +129,20 @@ def _put_public_access_block(bucket: FakeBucket, cloudformation_json: Any, accou
         backend.delete_public_access_block(bucket.name)
 
 
-_create_bucket = FakeBucket.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-_update_bucket = FakeBucket.update_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-
-def _create_bucket_with_block(
-    cls: type[FakeBucket], resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
-    **kwargs: Any,
-) -> FakeBucket:
-    bucket = _create_bucket(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-    _put_public_access_block(bucket, cloudformation_json, account_id, region_name)
-    return bucket
-
-
-def _update_bucket_with_block(
-    cls: type[FakeBucket], original_resource: FakeBucket, new_resource_name: str, cloudformation_json: Any,
-    account_id: str, region_name: str,
-) -> FakeBucket:
-    bucket = _update_bucket(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
-    _put_public_access_block(bucket, cloudformation_json, account_id, region_name)
-    return bucket
-
-
 def _as_json(document: str | dict[str, Any]) -> str:
     return document if isinstance(document, str) else json.dumps(document)
 
 
-def _put_inline_policies(role: Role, properties: dict[str, Any]) -> None:
-    """The role's inline policies become the template's, as JSON (moto keeps the parsed dict,
-    which GetRolePolicy then answers as Python's repr of it)."""
+def _put_role_policies(role: Role, properties: dict[str, Any], account_id: str, region: str) -> None:
+    """The role's trust policy and inline policies become the template's, as JSON (moto keeps
+    inline policies as parsed dicts, which GetRolePolicy then answers as Python's repr of them)."""
+    backend = iam_backends[account_id][get_partition(region)]
+    backend.update_assume_role_policy(role.name, _as_json(properties["AssumeRolePolicyDocument"]))
     wanted = {policy["PolicyName"]: policy["PolicyDocument"] for policy in properties.get("Policies", [])}
     for name in set(role.policies) - set(wanted):
         role.delete_policy(name)
     for name, document in wanted.items():
         role.put_policy(name, _as_json(document))
-
-
-_create_role = Role.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-_update_role = Role.update_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-
-def _create_role_with_policies(
-    cls: type[Role], resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
-    **kwargs: Any,
-) -> Role:
-    role = _create_role(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-    _put_inline_policies(role, cloudformation_json["Properties"])
-    return role
-
-
-def _update_role_with_policies(
-    cls: type[Role], original_resource: Role, new_resource_name: str, cloudformation_json: Any,
-    account_id: str, region_name: str,
-) -> Role:
-    role = _update_role(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
-    properties = cloudformation_json["Properties"]
-    backend = iam_backends[account_id][get_partition(region_name)]
-    backend.update_assume_role_policy(role.name, _as_json(properties["AssumeRolePolicyDocument"]))
-    _put_inline_policies(role, properties)
-    return role
 
 
 _apply_change_set = ChangeSet.apply
@@ -222,11 +205,9 @@ def _bucket_permission(bucket: FakeBucket, action: str, resource: str) -> Permis
     return result
 
 
-FakeBucket.create_from_cloudformation_json = classmethod(_create_bucket_with_block)  # type: ignore[method-assign,assignment]
-FakeBucket.update_from_cloudformation_json = classmethod(_update_bucket_with_block)  # type: ignore[method-assign,assignment]
+_follow_template(FakeBucket, _put_public_access_block)
 FakeBucket.get_permission = _bucket_permission  # type: ignore[method-assign,assignment]
-Role.create_from_cloudformation_json = classmethod(_create_role_with_policies)  # type: ignore[method-assign,assignment]
-Role.update_from_cloudformation_json = classmethod(_update_role_with_policies)  # type: ignore[method-assign,assignment]
+_follow_template(Role, _put_role_policies)
 ChangeSet.apply = _apply_change_set_with_template  # type: ignore[method-assign]
 # moto caches its map of resource types on first use: make it see BucketPolicy.
 for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):

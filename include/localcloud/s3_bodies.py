@@ -1,17 +1,22 @@
 """S3 object bodies moved in chunks, never whole: moto 5.2.5 keeps each body in a spooled
-temporary file (`FakeKey._value_buffer`, on disk past a few MB), but reads it whole into memory
-to answer a GET (every ranged GET of a download included) and to complete a multipart upload.
+temporary file (`FakeKey._value_buffer`, on disk past a few MB), but reads a PutObject's or
+UploadPart's body whole into memory (`request.data`) before it stores it, and reads a body whole to
+answer a GET (every ranged GET of a download included) and to complete a multipart upload.
 
-Patched here, as narrowly as possible: while moto builds a GetObject answer, `key.value` is a
-`BodyView`, a window on the buffer that the WSGI server reads in chunks (moto's range handling
-slices it into a smaller view); a completed multipart upload's parts are copied into the new
-object's buffer part by part. Every other use of `key.value` still gets bytes."""
+Patched here, as narrowly as possible: the body of a PutObject or UploadPart is copied from the
+request into a spooled file of its own in chunks (`UploadedBody`), which the new FakeKey adopts;
+while moto builds a GetObject answer, `key.value` is a `BodyView`, a window on the buffer that the
+WSGI server reads in chunks (moto's range handling slices it into a smaller view); a completed
+multipart upload's parts are copied into the new object's buffer part by part. Every other use of
+`key.value` still gets bytes."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import importlib.util
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -19,9 +24,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import moto.s3.models as models
+from moto.s3.exceptions import S3ClientError
 from moto.s3.models import FakeKey, FakeMultipart
 from moto.s3.responses import S3Response
+from moto.settings import get_s3_default_key_buffer_size
 from moto.utilities.utils import md5_hash
+from werkzeug.datastructures import ImmutableMultiDict
+from werkzeug.wrappers import Request
 
 CHUNK_BYTES = 1024 * 1024
 _answering_get = threading.local()
@@ -75,7 +84,7 @@ def fill_body(key: FakeKey, source: IO[bytes]) -> None:
 
 
 class FileBody:
-    """A body in a file (a snapshot's), for FakeKey's value setter to copy in chunks."""
+    """A body in a file of a snapshot's, named by its SHA-256, for FakeKey's value setter to copy in chunks."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -90,12 +99,104 @@ class _Concatenation:
 
     def __init__(self, parts: list[FakeKey], spool_bytes: int) -> None:
         self.file = tempfile.SpooledTemporaryFile(spool_bytes)
+        if sum(part.contentsize for part in parts) > spool_bytes:
+            self.file.rollover()  # straight to disk: the spool would fill its memory before it rolls over
+        self.sha256 = hashlib.sha256()
         for part in parts:
-            copy_body(part, self.file)
+            for chunk in BodyView(part):
+                self.sha256.update(chunk)
+                self.file.write(chunk)
         self.size = self.file.tell()
 
     def __len__(self) -> int:
         return self.size
+
+
+class UploadedBody:
+    """The body of a PutObject or UploadPart, copied from the request into a spooled file of its own
+    chunk by chunk (an aws-chunked body decoded on the way, its trailing checksum put with the
+    request's headers, where moto looks for it), its MD5 and SHA-256 computed as it goes: moto gets
+    it instead of the bytes it would read whole, and the new FakeKey adopts the file. A body that is
+    not what its headers announce is refused before moto acts on the request (moto answers the
+    error)."""
+
+    def __init__(self, request: Request) -> None:
+        spool_bytes = get_s3_default_key_buffer_size()
+        self.file = tempfile.SpooledTemporaryFile(spool_bytes)
+        if (request.content_length or 0) > spool_bytes:
+            self.file.rollover()  # straight to disk: the spool would fill its memory before it rolls over
+        self.md5 = md5_hash()
+        self.sha256 = hashlib.sha256()
+        self.error: S3ClientError | None = None
+        if _aws_chunked(request):
+            self._copy_chunks(request)
+        else:
+            self._copy(request.stream, request.content_length)
+        self.size = self.file.tell()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _copy(self, stream: IO[bytes], size: int | None) -> None:
+        """`size` bytes of the stream, or all of it when None."""
+        left = sys.maxsize if size is None else size
+        while left > 0 and (chunk := stream.read(min(CHUNK_BYTES, left))):
+            self.md5.update(chunk)
+            self.sha256.update(chunk)
+            self.file.write(chunk)
+            left -= len(chunk)
+
+    def _copy_chunks(self, request: Request) -> None:
+        r"""aws-chunked: "<hex size>[;chunk-signature=...]\r\n<data>\r\n" until a chunk of size 0, then
+        "<name>:<value>\r\n" trailers and an empty line."""
+        stream = request.stream
+        while True:
+            line = stream.readline(1024)
+            try:
+                size = int(line.split(b";")[0], 16)
+            except ValueError:
+                self.error = _incomplete_body(f"an aws-chunked chunk starts with {line[:40]!r}, not its size")
+                return
+            if size == 0:
+                break
+            self._copy(stream, size)
+            stream.read(2)  # the CRLF after the chunk's data
+        while line := stream.readline(1024).strip():
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower().startswith("x-amz-checksum-"):
+                request.environ["HTTP_" + name.upper().replace("-", "_")] = value.strip()
+        decoded = request.headers.get("x-amz-decoded-content-length")
+        if decoded != str(self.file.tell()):
+            self.error = _incomplete_body(f"it decodes to {self.file.tell()} bytes, x-amz-decoded-content-length "
+                                          f"says {decoded}")
+        elif (checksum := _checksum_header(request)) and checksum not in request.headers:
+            self.error = _incomplete_body(f"its trailer has no {checksum}")
+
+
+def _incomplete_body(why: str) -> S3ClientError:
+    return S3ClientError("IncompleteBody", f"The request body is not what its headers announce: {why}.")
+
+
+def _aws_chunked(request: Request) -> bool:
+    return request.headers.get("x-amz-content-sha256", "").startswith("STREAMING-")
+
+
+def _checksum_header(request: Request) -> str | None:
+    """The header (or trailer) of the checksum the client names, if it names one."""
+    algorithm = request.headers.get("x-amz-sdk-checksum-algorithm")
+    return f"x-amz-checksum-{algorithm.lower()}" if algorithm else None
+
+
+def _streams_upload(request: Request) -> bool:
+    """Whether a key's request is a PutObject or an UploadPart, whose body moto only stores. One that
+    names a checksum algorithm but sends no checksum is left to moto, which computes it over the
+    whole body."""
+    if request.method != "PUT" or "x-amz-copy-source" in request.headers:
+        return False
+    if set(request.args) - {"uploadId", "partNumber"} or ("uploadId" in request.args) != ("partNumber" in request.args):
+        return False
+    checksum = _checksum_header(request)
+    return checksum is None or checksum in request.headers or (_aws_chunked(request) and "x-amz-trailer" in request.headers)
 
 
 def _get_value(key: FakeKey) -> bytes | BodyView:
@@ -105,20 +206,59 @@ def _get_value(key: FakeKey) -> bytes | BodyView:
 
 
 def _set_value(key: FakeKey, value: Any) -> None:
+    """The body, and `key.body_sha256`, its SHA-256 in hex, by which snapshots store it."""
     if isinstance(value, FileBody):
         with value.path.open("rb") as source:
             fill_body(key, source)
+        key.body_sha256 = value.path.name
         return
-    if isinstance(value, _Concatenation):
+    if isinstance(value, _Concatenation | UploadedBody):
         key._value_buffer.close()
         key._value_buffer = value.file
         key.contentsize = value.size
+        key.body_sha256 = value.sha256.hexdigest()
+        if isinstance(value, UploadedBody):
+            key._etag = value.md5.hexdigest()
         return
     _value.fset(key, value)
+    digest = hashlib.sha256()
+    key._value_buffer.seek(0)  # the key has no lock yet when moto makes it
+    while chunk := key._value_buffer.read(CHUNK_BYTES):
+        digest.update(chunk)
+    key.body_sha256 = digest.hexdigest()
 
 
+_original_key_response = S3Response.key_response
+_original_act_on_key = S3Response._key_response
+_original_handle_encoded_body = S3Response._handle_encoded_body
+_original_handle_v4_chunk_signatures = S3Response._handle_v4_chunk_signatures
 _original_get_object = S3Response.get_object
 _original_complete = FakeMultipart.complete
+
+
+def _key_response(self: S3Response, request: Request, full_url: str, headers: Any) -> Any:
+    if _streams_upload(request):
+        # What moto's setup_class reads as the body, form and files, instead of the request's stream.
+        request._cached_data = UploadedBody(request)  # type: ignore[assignment]
+        request.__dict__["form"] = request.__dict__["files"] = ImmutableMultiDict()
+    return _original_key_response(self, request, full_url, headers)
+
+
+def _act_on_key(self: S3Response, request: Request, full_url: str) -> Any:
+    """moto's action on a key's request, where an S3ClientError becomes moto's error answer."""
+    if isinstance(self.body, UploadedBody) and self.body.error is not None:
+        raise self.body.error
+    return _original_act_on_key(self, request, full_url)
+
+
+def _handle_encoded_body(self: S3Response, body: Any) -> Any:
+    return body if isinstance(body, UploadedBody) else _original_handle_encoded_body(self, body)
+
+
+def _handle_v4_chunk_signatures(self: S3Response, body: Any, content_length: int) -> Any:
+    if isinstance(body, UploadedBody):
+        return body
+    return _original_handle_v4_chunk_signatures(self, body, content_length)
 
 
 def _get_object(self: S3Response) -> Any:
@@ -136,10 +276,27 @@ def _crc32_computes(algorithm: str) -> bool:
     return library is None or (bool(library) and importlib.util.find_spec(library) is None)
 
 
+def _part_checksum(part: FakeKey, algorithm: str) -> bytes:
+    """moto's compute_checksum(part.value, algorithm, encode_base64=False), the part read in chunks
+    (but for CRC32C and CRC64NVME with their optional libraries, which moto calls on the whole part)."""
+    if _crc32_computes(algorithm):
+        crc = 0
+        for chunk in BodyView(part):
+            crc = binascii.crc32(chunk, crc)
+        return crc.to_bytes(4, "big")
+    if algorithm in ("CRC32C", "CRC64NVME"):
+        return models.compute_checksum(part.value, algorithm, encode_base64=False)
+    digest = hashlib.sha1() if algorithm == "SHA1" else hashlib.sha256()  # compute_checksum's others
+    for chunk in BodyView(part):
+        digest.update(chunk)
+    return digest.digest()
+
+
 def _complete(self: FakeMultipart, body: Iterator[tuple[int, str]]) -> tuple[Any, str, Any]:
     """moto's FakeMultipart.complete with the same checks, etag and checksums, giving the parts
     copied one by one instead of their concatenation in memory. A full-object checksum is computed
-    as the parts are copied when it is a CRC32; others keep moto's own way."""
+    as the parts are copied when it is a CRC32; others keep moto's own way. A composite checksum's
+    part checksums are computed in chunks."""
     algorithm = self.metadata.get("x-amz-checksum-algorithm")
     builder = models.MultipartChecksumBuilder(algorithm, self.metadata.get("x-amz-checksum-type"))
     full_object = bool(algorithm) and builder.checksum_type != "COMPOSITE"
@@ -158,8 +315,9 @@ def _complete(self: FakeMultipart, body: Iterator[tuple[int, str]]) -> tuple[Any
         if full_object:
             for chunk in BodyView(part):
                 crc = binascii.crc32(chunk, crc)
-        elif algorithm:  # without one, moto computes a checksum it never shows
-            builder.addPart(part.value)  # one part at a time
+        elif algorithm:  # composite: the checksum of the parts' checksums (builder.addPart's way)
+            builder.checksum.extend(_part_checksum(part, builder.checksum_algorithm))
+            builder.part_count += 1
         parts.append(part)
     if not parts:
         raise models.MalformedXML()
@@ -179,5 +337,9 @@ def install() -> None:
     if isinstance(FakeKey.__dict__["value"], property) and FakeKey.__dict__["value"].fget is _get_value:
         return
     FakeKey.value = property(_get_value, _set_value)  # type: ignore[assignment]
+    S3Response.key_response = _key_response  # type: ignore[method-assign]
+    S3Response._key_response = _act_on_key  # type: ignore[method-assign]
+    S3Response._handle_encoded_body = _handle_encoded_body  # type: ignore[method-assign]
+    S3Response._handle_v4_chunk_signatures = _handle_v4_chunk_signatures  # type: ignore[method-assign]
     S3Response.get_object = _get_object  # type: ignore[method-assign]
     FakeMultipart.complete = _complete  # type: ignore[method-assign]

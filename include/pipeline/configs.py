@@ -158,21 +158,13 @@ def processing_job(
     settings: Settings,
     *,
     name: str,
-    image_uri: str,
+    app: dict[str, Any],
     inputs: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
     instance_type: str,
     instance_count: str | int,
-    script: str | None = None,
-    arguments: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A CreateProcessingJob request; with `script`, it runs include/jobs/<script> from the code
-    input (the whole job folder, so scripts can import their siblings)."""
-    app: dict[str, Any] = {"ImageUri": image_uri}
-    if script is not None:
-        app["ContainerEntrypoint"] = ["python3", f"{CODE_DIR}/{script}"]
-    if arguments:
-        app["ContainerArguments"] = arguments
+    """A CreateProcessingJob request; `app` is its AppSpecification."""
     return {
         "ProcessingJobName": name,
         "RoleArn": settings.role_arn,
@@ -191,6 +183,37 @@ def processing_job(
     }
 
 
+def script_job(
+    settings: Settings,
+    layout: RunLayout,
+    *,
+    name: str,
+    container: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    instance_type: str,
+    instance_count: str | int,
+    script: str,
+    arguments: list[str],
+) -> dict[str, Any]:
+    """A processing job that runs include/jobs/<script> in SageMaker's `container` image (e.g.
+    "sklearn"), from the run's code input: the whole job folder, so scripts can import their siblings."""
+    app = {
+        "ImageUri": sagemaker_image(container),
+        "ContainerEntrypoint": ["python3", f"{CODE_DIR}/{script}"],
+        "ContainerArguments": arguments,
+    }
+    return processing_job(
+        settings,
+        name=name,
+        app=app,
+        inputs=[processing_input("code", layout.code, CODE_DIR), *inputs],
+        outputs=outputs,
+        instance_type=instance_type,
+        instance_count=instance_count,
+    )
+
+
 def preprocess_job(
     settings: Settings,
     layout: RunLayout,
@@ -207,16 +230,17 @@ def preprocess_job(
     `customers_uri` (the raw customers CSV, for the claims), the job also checks that every
     claim's policy has its customer, before anything reaches the feature store."""
     raw_dir = f"{PROCESSING_ROOT}/input/raw"
-    inputs = [processing_input("code", layout.code, CODE_DIR), processing_input("raw", raw_uri, raw_dir)]
+    inputs = [processing_input("raw", raw_uri, raw_dir)]
     arguments = ["--dataset", dataset, "--input-dir", raw_dir, "--output-dir", OUTPUT_DIR, "--event-time", event_time]
     if customers_uri is not None:
         customers_dir = f"{PROCESSING_ROOT}/input/customers"
         inputs.append(processing_input("customers", customers_uri, customers_dir))
         arguments += ["--customers-dir", customers_dir]
-    return processing_job(
+    return script_job(
         settings,
+        layout,
         name=name,
-        image_uri=sagemaker_image("sklearn"),
+        container="sklearn",
         inputs=inputs,
         outputs=[processing_output("processed", layout.processed(dataset), OUTPUT_DIR)],
         instance_type=instance_type,
@@ -244,14 +268,12 @@ def ingest_job(
     container: each instance ingests its shard of the files (ShardedByS3Key) and writes a
     summary (records put, earliest event time) to layout.ingestion(dataset)."""
     records_dir = f"{PROCESSING_ROOT}/input/records"
-    return processing_job(
+    return script_job(
         settings,
+        layout,
         name=name,
-        image_uri=sagemaker_image("sklearn"),
-        inputs=[
-            processing_input("code", layout.code, CODE_DIR),
-            processing_input("records", layout.processed(dataset), records_dir, distribution="ShardedByS3Key"),
-        ],
+        container="sklearn",
+        inputs=[processing_input("records", layout.processed(dataset), records_dir, distribution="ShardedByS3Key")],
         outputs=[processing_output("summary", layout.ingestion(dataset), OUTPUT_DIR)],
         instance_type=instance_type,
         instance_count=instance_count,
@@ -287,14 +309,12 @@ def split_job(
     dataset_dir = f"{PROCESSING_ROOT}/input/dataset"
     outputs = [processing_output(split, layout.split(split), f"{OUTPUT_DIR}/{split}") for split in SPLITS]
     outputs.append(processing_output("stats", layout.dataset_stats, f"{OUTPUT_DIR}/stats"))
-    return processing_job(
+    return script_job(
         settings,
+        layout,
         name=name,
-        image_uri=sagemaker_image("sklearn"),
-        inputs=[
-            processing_input("code", layout.code, CODE_DIR),
-            processing_input("dataset", query_result_uri, dataset_dir),
-        ],
+        container="sklearn",
+        inputs=[processing_input("dataset", query_result_uri, dataset_dir)],
         outputs=outputs,
         instance_type=instance_type,
         instance_count=instance_count,
@@ -325,12 +345,12 @@ def evaluation_job(
     model_dir = f"{PROCESSING_ROOT}/input/model"
     baseline_dir = f"{PROCESSING_ROOT}/input/baseline"
     test_dir = f"{PROCESSING_ROOT}/input/test"
-    return processing_job(
+    return script_job(
         settings,
+        layout,
         name=name,
-        image_uri=sagemaker_image("xgboost"),
+        container="xgboost",
         inputs=[
-            processing_input("code", layout.code, CODE_DIR),
             processing_input("model", model_uri, model_dir),
             processing_input("baseline", baseline_model_uri, baseline_dir),
             processing_input("test", layout.split("test"), test_dir),
@@ -364,7 +384,7 @@ def clarify_job(
     return processing_job(
         settings,
         name=name,
-        image_uri=sagemaker_image("clarify"),
+        app={"ImageUri": sagemaker_image("clarify")},
         inputs=[
             processing_input("analysis_config", layout.clarify_config(stage), f"{PROCESSING_ROOT}/input/config"),
             processing_input("dataset", dataset_uri, f"{PROCESSING_ROOT}/input/data"),

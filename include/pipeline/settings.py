@@ -5,6 +5,7 @@ here: that is the Airflow AWS connection's job (aws_default, with endpoint_url f
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,17 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
 
 
+def _env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = environ.get(name) or str(default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(f"environment variable {name} must be a number of seconds above 0, got {value!r}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     region: str = "us-east-1"
@@ -59,8 +71,8 @@ class Settings:
     endpoint_instance_type: str = "ml.m5.large"
     endpoint_name: str = "fraud-detection"
     athena_workgroup: str = "primary"
-    # Seconds between status checks of jobs, endpoints and queries.
-    check_interval: int = 2
+    # Seconds between status checks of jobs, endpoints and queries (fractions too).
+    check_interval: float = 2
     # Tail training jobs' CloudWatch logs into the task log. The provider then checks the job's
     # status only every 30 s, which a local run notices.
     print_job_logs: bool = True
@@ -98,7 +110,7 @@ class Settings:
             or defaults.endpoint_instance_type,
             endpoint_name=environ.get("FRAUD_ENDPOINT_NAME") or defaults.endpoint_name,
             athena_workgroup=environ.get("FRAUD_ATHENA_WORKGROUP") or defaults.athena_workgroup,
-            check_interval=_env_int(environ, "FRAUD_CHECK_INTERVAL", defaults.check_interval),
+            check_interval=_env_seconds(environ, "FRAUD_CHECK_INTERVAL", defaults.check_interval),
             print_job_logs=_env_flag(environ, "FRAUD_PRINT_JOB_LOGS", defaults.print_job_logs),
             deferrable=_env_flag(environ, "FRAUD_DEFERRABLE", defaults.deferrable),
             task_retries=_env_int(environ, "FRAUD_TASK_RETRIES", defaults.task_retries),

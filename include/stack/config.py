@@ -28,6 +28,8 @@ HOST = "127.0.0.1"
 # The Python drivers Airflow needs for PostgreSQL: psycopg2 (sync) and asyncpg (async sessions).
 POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg2")
 POSTGRES_DRIVERS = ("psycopg2", "asyncpg")
+# Every Airflow process of the project makes its AWS sessions with this factory (plugins/).
+AWS_SESSION_FACTORY = {"AIRFLOW__AWS__SESSION_FACTORY": "fraud_operators.sessions.SharedLoaderSessionFactory"}
 
 
 class StackError(Exception):

@@ -3,15 +3,19 @@ account: the local stacks (make run, make up, compose's airflow-init) run with t
 roles it creates. Deploying is idempotent: the stack is created once, updated when the template
 or its parameters change, left alone otherwise.
 
+make run and make up start the local cloud with IAM enforced (LOCALCLOUD_IAM=enforce): they
+deploy with the account root's key, which the local cloud keeps in its state folder, and Airflow
+starts from that key to assume the template's Airflow role.
+
 `python -m include.stack.infra --endpoint-url URL` deploys it and prints the settings, as .env lines
-(compose's airflow-init writes them to a file its Airflow services read at start:
-include/stack/with_infra_settings.sh). With `--credentials FILE` (a local cloud enforcing IAM: its
-root-credentials.json) it deploys with that key, and the connection starts from it too."""
+(compose's airflow-init writes them to the file its Airflow services start with:
+include/stack/with_infra_settings.sh)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +24,15 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.pipeline.settings import Settings
 from include.stack.config import PROJECT_DIR
 
 TEMPLATE = PROJECT_DIR / "infra" / "template.yaml"
 STACK_NAME = "fraud-detection"
 CAPABILITIES = ["CAPABILITY_NAMED_IAM"]
-LOCAL_CREDENTIALS = {"aws_access_key_id": "localcloud", "aws_secret_access_key": "localcloud"}
+# What a local cloud that does not enforce IAM takes: any key.
+PLACEHOLDER_CREDENTIALS = {"aws_access_key_id": "localcloud", "aws_secret_access_key": "localcloud"}
 
 
 class InfraError(Exception):
@@ -51,6 +57,16 @@ class Infra:
             "FRAUD_PREFIX": self.prefix,
             "FRAUD_ENDPOINT_NAME": self.endpoint_name,
         }
+
+
+def local_credentials(state_dir: Path) -> dict[str, str]:
+    """boto3's credentials for the local cloud whose state is in `state_dir`: the account root's
+    key, which the local cloud writes there when it first enforces IAM; else placeholders."""
+    path = state_dir / ROOT_CREDENTIALS_FILE
+    if not path.exists():
+        return PLACEHOLDER_CREDENTIALS
+    keys = json.loads(path.read_text())
+    return {"aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"]}
 
 
 def local_parameters(settings: Settings) -> dict[str, str]:
@@ -111,17 +127,9 @@ def deploy(cloudformation: Any, parameters: dict[str, str], name: str = STACK_NA
         raise InfraError(f"stack {name} of {template} has no output {missing}: outputs {outputs}") from None
 
 
-def root_credentials(path: Path) -> dict[str, str]:
-    """The access key of an enforcing local cloud's account root, from its root-credentials.json."""
-    try:
-        keys = json.loads(path.read_text())
-        return {"aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"]}
-    except (OSError, ValueError, KeyError) as error:
-        raise InfraError(f"{path}: not the local cloud's root credentials ({error!r})") from None
-
-
-def deploy_local(cloud_url: str, settings: Settings, credentials: dict[str, str] = LOCAL_CREDENTIALS) -> Infra:
-    """The template deployed into the local cloud at cloud_url, with the pipeline's settings."""
+def deploy_local(cloud_url: str, settings: Settings, credentials: dict[str, str]) -> Infra:
+    """The template deployed into the local cloud at cloud_url, with the pipeline's settings,
+    by the caller of `credentials` (local_credentials)."""
     cloudformation = boto3.session.Session().client(
         "cloudformation", region_name=settings.region, endpoint_url=cloud_url, **credentials
     )
@@ -131,11 +139,10 @@ def deploy_local(cloud_url: str, settings: Settings, credentials: dict[str, str]
         raise InfraError(f"deploying {TEMPLATE} into the local cloud at {cloud_url}: {error}") from error
 
 
-def local_connection(cloud_url: str, region: str, infra: Infra,
-                     credentials: dict[str, str] = LOCAL_CREDENTIALS) -> str:
-    """AIRFLOW_CONN_AWS_DEFAULT of a local stack: the local cloud, assuming the stack's Airflow
-    role from `credentials` (STS is the local cloud's too: the provider never sends AssumeRole to
-    endpoint_url)."""
+def local_connection(cloud_url: str, region: str, infra: Infra, credentials: dict[str, str]) -> str:
+    """AIRFLOW_CONN_AWS_DEFAULT of a local stack: the local cloud, where the caller of
+    `credentials` assumes the stack's Airflow role (STS is the local cloud's too: the provider
+    never sends AssumeRole to endpoint_url)."""
     return json.dumps(
         {
             "conn_type": "aws",
@@ -154,19 +161,20 @@ def local_connection(cloud_url: str, region: str, infra: Infra,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.stack.infra", description=__doc__)
     parser.add_argument("--endpoint-url", required=True, help="the local cloud, e.g. http://127.0.0.1:4566")
-    parser.add_argument("--credentials", type=Path, help="root-credentials.json of a local cloud enforcing IAM")
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("LOCALCLOUD_STATE", ".localcloud")),
+                        help="the local cloud's state folder, which holds its root key when it enforces IAM "
+                             "(default: $LOCALCLOUD_STATE or .localcloud)")
     arguments = parser.parse_args(argv)
     settings = Settings.from_env()
+    credentials = local_credentials(arguments.state_dir)
     try:
-        credentials = LOCAL_CREDENTIALS if arguments.credentials is None else root_credentials(arguments.credentials)
         infra = deploy_local(arguments.endpoint_url, settings, credentials)
     except InfraError as error:
         print(error, file=sys.stderr)
         return 1
     for key, value in infra.environment().items():
         print(f"{key}={value}")
-    connection = local_connection(arguments.endpoint_url, settings.region, infra, credentials)
-    print(f"AIRFLOW_CONN_AWS_DEFAULT='{connection}'")
+    print(f"AIRFLOW_CONN_AWS_DEFAULT='{local_connection(arguments.endpoint_url, settings.region, infra, credentials)}'")
     return 0
 
 

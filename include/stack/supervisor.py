@@ -20,8 +20,10 @@ from pathlib import Path
 
 import psutil
 
+from include.localcloud.access.enforcer import ENFORCE
 from include.pipeline.settings import Settings
 from include.stack.config import (
+    AWS_SESSION_FACTORY,
     HOST,
     PASSWORD_VARIABLE,
     PIPELINE_VARIABLE_PREFIX,
@@ -32,7 +34,7 @@ from include.stack.config import (
     login,
     read_env_file,
 )
-from include.stack.infra import InfraError, deploy_local, local_connection
+from include.stack.infra import InfraError, deploy_local, local_connection, local_credentials
 from include.stack.login import AUTH_MANAGER, users_setting, write_password_file
 
 STARTUP_TIMEOUT_SECONDS = 300  # cold imports of five Python processes on a 2-core laptop
@@ -41,7 +43,7 @@ LOG_TAIL_LINES = 30
 # Airflow components whose heartbeat /api/v2/monitor/health reports.
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
 PARALLELISM = 8  # task slots: the DAG's widest stage runs at once, on a 2-core laptop too
-# The local cloud stands in for an AWS account: any key works; the region is the pipeline's default.
+# The local cloud stands in for an AWS account, in the pipeline's default region.
 LOCAL_CLOUD_REGION = Settings.region
 
 
@@ -66,13 +68,16 @@ STOP_ORDER = ("triggerer", "dag-processor", "scheduler", "api-server", "localclo
 def deploy_infra(config: StackConfig, environment: dict[str, str]) -> None:
     """infra/template.yaml into the local cloud (include/stack/infra.py), with the pipeline's
     settings in `environment`; Airflow then runs with the bucket and the roles it made: FRAUD_*
-    from its outputs, and an aws_default connection that assumes its Airflow role."""
+    from its outputs, and an aws_default connection that assumes its Airflow role, starting from
+    the local account's root key."""
+    credentials = local_credentials(config.cloud_state)
     try:
-        infra = deploy_local(config.cloud_url, Settings.from_env(environment))
+        infra = deploy_local(config.cloud_url, Settings.from_env(environment), credentials)
     except InfraError as error:
         raise StackError(str(error)) from error
     environment.update(infra.environment())
-    environment["AIRFLOW_CONN_AWS_DEFAULT"] = local_connection(config.cloud_url, LOCAL_CLOUD_REGION, infra)
+    environment["AIRFLOW_CONN_AWS_DEFAULT"] = local_connection(config.cloud_url, LOCAL_CLOUD_REGION, infra,
+                                                               credentials)
 
 
 def service_environment(config: StackConfig, env: dict[str, str], database: str, username: str) -> dict[str, str]:
@@ -81,6 +86,8 @@ def service_environment(config: StackConfig, env: dict[str, str], database: str,
     environment = dict(os.environ)
     # Jobs and endpoints are waited for in the triggerer, freeing the worker slot (.env may say false).
     environment.setdefault("FRAUD_DEFERRABLE", "true")
+    # The local cloud checks every request against the template's roles, as an account would.
+    environment.setdefault("LOCALCLOUD_IAM", ENFORCE)
     environment.update({key: value for key, value in env.items() if key.startswith(PIPELINE_VARIABLE_PREFIX)})
     python_path = [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     environment.update(
@@ -108,6 +115,7 @@ def service_environment(config: StackConfig, env: dict[str, str], database: str,
             "AIRFLOW__API__PORT": str(config.api_port),
             "AIRFLOW__API__BASE_URL": config.api_url,
             "AIRFLOW__API__WORKERS": "1",
+            **AWS_SESSION_FACTORY,
             # The pipeline's region (include/pipeline/settings.py) agrees with the connection's.
             "AWS_REGION": LOCAL_CLOUD_REGION,
             "AWS_DEFAULT_REGION": LOCAL_CLOUD_REGION,
@@ -244,6 +252,8 @@ def local_cloud_answers(config: StackConfig) -> bool:
     try:
         with urllib.request.urlopen(f"{config.cloud_url}/", timeout=5) as response:
             return response.status == 200
+    except urllib.error.HTTPError as error:
+        return error.code == 403  # enforcing IAM, it refuses an unsigned request, as S3 does
     except (urllib.error.URLError, OSError):
         return False
 

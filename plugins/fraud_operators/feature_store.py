@@ -37,7 +37,7 @@ class SageMakerCreateFeatureGroupOperator(AwsBaseOperator[SageMakerHook]):
     template_fields_renderers = {"config": "json"}
 
     def __init__(
-        self, *, config: dict[str, Any], check_interval: int = 5, max_wait_seconds: int = 900, **kwargs: Any
+        self, *, config: dict[str, Any], check_interval: float = 5, max_wait_seconds: int = 900, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.config = config
@@ -161,7 +161,7 @@ class FeatureStoreOfflineStoreSensor(AwsBaseSensor[AthenaHook]):
             result_configuration={"OutputLocation": self.output_location},
             workgroup=self.workgroup,
         )
-        state = self.hook.poll_query_status(query_id, sleep_time=1)
+        state = self.hook.poll_query_status(query_id, sleep_time=self.poke_interval)
         if state != "SUCCEEDED":
             reason = self.hook.get_state_change_reason(query_id)
             raise AirflowException(f"Athena query {query_id} on {self.database}.{self.table} {state}: {reason}")

@@ -65,11 +65,19 @@ class SageMakerEndpointSmokeTestOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         return predictions
 
     def _payload(self) -> str:
+        """The first rows, read from the start of the file only (it is a whole data set)."""
         bucket, key = S3Hook.parse_s3_url(self.data_uri)
-        text = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify).read_key(
-            key, bucket_name=bucket
-        )
-        lines = [line for line in text.splitlines() if line.strip()][: self.rows]
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
+        body = s3.conn.get_object(Bucket=bucket, Key=key)["Body"]
+        lines: list[str] = []
+        try:
+            for line in body.iter_lines():
+                if len(lines) == self.rows:
+                    break
+                if line.strip():
+                    lines.append(line.decode())
+        finally:
+            body.close()
         if not lines:
             raise AirflowException(f"{self.data_uri} holds no rows to send")
         return "\n".join(line.split(",", 1)[1] for line in lines)

@@ -11,22 +11,29 @@ The Amazon provider 9.39.0 gets three things wrong, fixed here with the least co
   tuning and endpoints for 480: with checks every 2 s, a job longer than 2 min (16 min for tuning)
   failed with "max attempts reached" while the worker-side wait has no limit. Here the triggerer
   watches as long as the job may run: its own MaxRuntimeInSeconds, and an hour more.
+
+And a retry first stops the job an earlier try of the task left running: when a try's process is
+killed, its job runs on with nothing waiting for it, beside the retry's own job, writing the same
+outputs (SageMaker bills both).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import time
 from typing import Any
 
 from airflow.providers.amazon.aws.operators import sagemaker as provider
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
-from botocore.exceptions import WaiterError
+from botocore.exceptions import ClientError, WaiterError
 
 # Beyond a job's own runtime limit: instances starting, data downloaded, the model uploaded.
 STARTUP_ALLOWANCE_SECONDS = 3600
 # SageMaker's largest MaxRuntimeInSeconds: the wait limit of a job that sets none.
 LONGEST_JOB_SECONDS = 28 * 24 * 3600
+ACTIVE_STATUSES = ("InProgress", "Stopping")
 
 
 def job_runtime_limit(stopping_condition: dict[str, Any] | None) -> int:
@@ -73,7 +80,12 @@ class _CheckedWait:
     success_status = "Completed"
     hook: Any
     config: dict[str, Any]
-    check_interval: int
+    check_interval: float
+    # The job kind's List and Stop operations (boto3 client methods) and the key of the list's items.
+    list_operation: str | None = None  # None: nothing to stop (an endpoint)
+    stop_operation = ""
+    summaries_key = ""
+    name_key = ""
 
     def describe(self, name: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -82,13 +94,19 @@ class _CheckedWait:
         raise NotImplementedError
 
     def wait_limit(self) -> int:
-        raise NotImplementedError
+        """Seconds a deferred wait may last: a processing or training job's, by its StoppingCondition."""
+        return job_runtime_limit(self.config.get("StoppingCondition")) + STARTUP_ALLOWANCE_SECONDS
+
+    def name_stem(self) -> str:
+        """What the names of every try's job start with."""
+        return self.job_name()
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self.stop_jobs_left_running()
         try:
             result = super().execute(context)  # type: ignore[misc]
         except TaskDeferred as deferral:
-            deferral.trigger.attempts = math.ceil(self.wait_limit() / max(1, self.check_interval))
+            deferral.trigger.attempts = math.ceil(self.wait_limit() / self.check_interval)
             raise
         except WaiterError as error:  # the endpoint's waiter, in the worker: it names no reason
             raise self.ended_badly(self.describe(self.job_name())) from error
@@ -111,6 +129,28 @@ class _CheckedWait:
         self.check_ended_well(result[self.kind])
         return result
 
+    def stop_jobs_left_running(self) -> None:
+        """Stop this task's jobs still running from earlier tries, and wait until they have ended.
+        Their names are the stem, or the stem and the provider's timestamp suffix (a job of that
+        name existed), or for tuning jobs the stem and the try number."""
+        if self.list_operation is None:
+            return
+        client = self.hook.conn
+        names = re.compile(rf"{re.escape(self.name_stem())}(-\d+)?")
+        pages = client.get_paginator(self.list_operation).paginate(NameContains=self.name_stem())
+        running = [job[self.name_key] for page in pages for job in page[self.summaries_key]
+                   if names.fullmatch(job[self.name_key]) and job[self.status_key] in ACTIVE_STATUSES]
+        for name in running:
+            self.log.info("Stopping SageMaker %s %s, left running by an earlier try of this task", self.kind, name)
+            try:
+                getattr(client, self.stop_operation)(**{self.name_key: name})
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "ValidationException":
+                    raise
+                # It ended after it was listed: there is nothing left to stop.
+            while self.describe(name).get(self.status_key) in ACTIVE_STATUSES:
+                time.sleep(self.check_interval)
+
     def check_ended_well(self, description: dict[str, Any]) -> None:
         """Fail on an end other than success; a wait not asked for (wait_for_completion off) passes."""
         if description.get(self.status_key) in ("Failed", "Stopped"):
@@ -126,6 +166,8 @@ class SageMakerProcessingOperator(_CheckedWait, provider.SageMakerProcessingOper
     """The provider's processing operator; the task fails unless the job Completed."""
 
     kind, status_key = "Processing", "ProcessingJobStatus"
+    list_operation, stop_operation = "list_processing_jobs", "stop_processing_job"
+    summaries_key, name_key = "ProcessingJobSummaries", "ProcessingJobName"
 
     def describe(self, name: str) -> dict[str, Any]:
         return self.hook.describe_processing_job(name)
@@ -133,23 +175,19 @@ class SageMakerProcessingOperator(_CheckedWait, provider.SageMakerProcessingOper
     def job_name(self) -> str:
         return self.config["ProcessingJobName"]
 
-    def wait_limit(self) -> int:
-        return job_runtime_limit(self.config.get("StoppingCondition")) + STARTUP_ALLOWANCE_SECONDS
-
 
 class SageMakerTrainingOperator(_CheckedWait, provider.SageMakerTrainingOperator):
     """The provider's training operator; the task fails unless the job Completed."""
 
     kind, status_key = "Training", "TrainingJobStatus"
+    list_operation, stop_operation = "list_training_jobs", "stop_training_job"
+    summaries_key, name_key = "TrainingJobSummaries", "TrainingJobName"
 
     def describe(self, name: str) -> dict[str, Any]:
         return self.hook.describe_training_job(name)
 
     def job_name(self) -> str:
         return self.config["TrainingJobName"]
-
-    def wait_limit(self) -> int:
-        return job_runtime_limit(self.config.get("StoppingCondition")) + STARTUP_ALLOWANCE_SECONDS
 
 
 class SageMakerTuningOperator(_CheckedWait, provider.SageMakerTuningOperator):
@@ -158,6 +196,8 @@ class SageMakerTuningOperator(_CheckedWait, provider.SageMakerTuningOperator):
     (a templated seed renders as a string)."""
 
     kind, status_key = "Tuning", "HyperParameterTuningJobStatus"
+    list_operation, stop_operation = "list_hyper_parameter_tuning_jobs", "stop_hyper_parameter_tuning_job"
+    summaries_key, name_key = "HyperParameterTuningJobSummaries", "HyperParameterTuningJobName"
 
     def _create_integer_fields(self) -> None:
         super()._create_integer_fields()
@@ -168,6 +208,9 @@ class SageMakerTuningOperator(_CheckedWait, provider.SageMakerTuningOperator):
 
     def job_name(self) -> str:
         return self.config["HyperParameterTuningJobName"]
+
+    def name_stem(self) -> str:
+        return self.job_name().rsplit("-", 1)[0]  # without the try number (configs.tuning_job_name)
 
     def wait_limit(self) -> int:
         return tuning_runtime_limit(self.config) + STARTUP_ALLOWANCE_SECONDS

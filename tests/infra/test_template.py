@@ -10,16 +10,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.localcloud.server import LocalCloud
 from include.pipeline.settings import Settings
 from include.stack import infra
-from include.stack.infra import TEMPLATE, deploy, deploy_local, local_parameters
-from tests.conftest import make_client
+from include.stack.infra import TEMPLATE, deploy, deploy_local, local_credentials, local_parameters
 
 BIN = Path(sys.executable).parent
 SCRIPT = TEMPLATE.parent / "aws-infra.sh"
@@ -139,15 +139,20 @@ def test_bucket_policy_statements_apply_only_when_their_conditions_hold(aws) -> 
     assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
-def test_the_stack_survives_a_restart(tmp_path) -> None:
+def test_the_stack_survives_a_restart_deployed_with_the_root_key_of_an_enforcing_cloud(tmp_path) -> None:
     settings = Settings()
-    with LocalCloud(tmp_path, port=0) as first:
-        deployed = deploy_local(first.url, settings)
-    with LocalCloud(tmp_path, port=0) as second:
-        assert deploy_local(second.url, settings) == deployed
-        stack = make_client(second, "cloudformation").describe_stacks(StackName="fraud-detection")["Stacks"][0]
+    with LocalCloud(tmp_path, port=0, iam="enforce") as first:
+        deployed = deploy_local(first.url, settings, local_credentials(tmp_path))
+    with LocalCloud(tmp_path, port=0, iam="enforce") as second:
+        credentials = local_credentials(tmp_path)  # the same key: kept in the state folder
+        assert deploy_local(second.url, settings, credentials) == deployed
+
+        def client(service: str) -> Any:
+            return boto3.client(service, region_name="us-east-1", endpoint_url=second.url, **credentials)
+
+        stack = client("cloudformation").describe_stacks(StackName="fraud-detection")["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
-        assert make_client(second, "iam").get_role(RoleName="fraud-detection-sagemaker-us-east-1")
+        assert client("iam").get_role(RoleName="fraud-detection-sagemaker-us-east-1")
 
 
 def test_compose_init_deploys_under_enforcement_and_the_services_assume_the_airflow_role(
@@ -157,10 +162,9 @@ def test_compose_init_deploys_under_enforcement_and_the_services_assume_the_airf
 
     with LocalCloud(tmp_path / "cloud", port=0, iam="enforce") as cloud:
         # airflow-init's command: without the root key the enforcing cloud refuses, and says so.
-        assert infra.main(["--endpoint-url", cloud.url]) == 1
+        assert infra.main(["--endpoint-url", cloud.url, "--state-dir", str(tmp_path / "elsewhere")]) == 1
         assert "InvalidClientTokenId" in capsys.readouterr().err
-        root_key = cloud.state_dir / ROOT_CREDENTIALS_FILE
-        assert infra.main(["--endpoint-url", cloud.url, "--credentials", str(root_key)]) == 0
+        assert infra.main(["--endpoint-url", cloud.url, "--state-dir", str(cloud.state_dir)]) == 0
         settings_file = tmp_path / "infra-settings.env"
         settings_file.write_text(capsys.readouterr().out)
 

@@ -548,13 +548,8 @@ def test_endpoints_serve_again_after_a_restart(tmp_path, boosters) -> None:
     assert model_server_pids(tmp_path / "state") == []
 
 
-def test_provider_endpoint_operator_creates_then_updates(cloud, aws, model_urls, monkeypatch) -> None:
+def test_provider_endpoint_operator_creates_then_updates(aws, model_urls, airflow_connection) -> None:
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerEndpointOperator
-
-    connection = {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
     def config(version: int) -> dict[str, Any]:
         name = f"operated-v{version}"
@@ -590,6 +585,23 @@ def test_provider_endpoint_operator_creates_then_updates(cloud, aws, model_urls,
     assert result["Endpoint"]["EndpointConfigName"] == "operated-v2"
     assert aws("sagemaker-runtime").invoke_endpoint(EndpointName="operated", Body="1,2,3,4,5")["Body"].read()
     aws("sagemaker").delete_endpoint(EndpointName="operated")
+
+
+def test_the_smoke_test_reads_only_the_rows_it_sends(cloud, aws, monkeypatch) -> None:
+    """The smoke test's CSV is a whole data set: the Airflow task reads its first rows, not the file
+    (here the rest is not even text)."""
+    from fraud_operators.hosting import SageMakerEndpointSmokeTestOperator
+
+    connection = {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3 = aws("s3")
+    s3.create_bucket(Bucket="smoke-test")
+    s3.put_object(Bucket="smoke-test", Key="test.csv", Body=b"0,1,2\r\n\n1,3,4\n0,5,6\n" + b"\xff" * 1_000_000)
+    smoke_test = SageMakerEndpointSmokeTestOperator(
+        task_id="smoke", endpoint_name="any", data_uri="s3://smoke-test/test.csv", rows=2)
+    assert smoke_test._payload() == "1,2\n3,4"
 
 
 @pytest.mark.parametrize("kind", ["path outside", "symlink"])

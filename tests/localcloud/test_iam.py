@@ -164,6 +164,18 @@ def test_an_action_is_allowed_on_the_resources_its_policy_names(enforced: LocalC
     assert error["Code"] == "AccessDeniedException" and f"{groups}/secret" in error["Message"]
 
 
+def test_tags_given_on_create_need_add_tags_of_the_new_resource(enforced: LocalCloud, user: Callable[..., Any]) -> None:
+    groups = f"arn:aws:sagemaker:{REGION}:{ACCOUNT_ID}:model-package-group"
+    caller = user(allow("sagemaker:CreateModelPackageGroup", f"{groups}/*"), allow("sagemaker:AddTags", f"{groups}/tags-ok"))
+    sagemaker = caller("sagemaker")
+    tags = [{"Key": "project", "Value": "fraud-detection"}]
+    sagemaker.create_model_package_group(ModelPackageGroupName="untagged")
+    sagemaker.create_model_package_group(ModelPackageGroupName="tags-ok", Tags=tags)
+    error = error_of(lambda: sagemaker.create_model_package_group(ModelPackageGroupName="tags-refused", Tags=tags))
+    assert error["Code"] == "AccessDeniedException"
+    assert f"sagemaker:AddTags on resource: {groups}/tags-refused because" in error["Message"]
+
+
 def test_explicit_deny_wins_and_says_so(enforced: LocalCloud, user: Callable[..., Any]) -> None:
     caller = user(allow("sagemaker:*", "*"), {"Effect": "Deny", "Action": "sagemaker:DeleteModel", "Resource": "*"})
     error = error_of(lambda: caller("sagemaker").delete_model(ModelName="m"))
@@ -292,6 +304,7 @@ def test_create_job_checks_pass_role_and_the_job_runs_under_its_role(
     sagemaker.create_processing_job(**script_job("denied-1", bucket, execution))
     job = wait_done(sagemaker, "denied-1")
     assert job["ProcessingJobStatus"] == "Failed"
+    assert job["FailureReason"].startswith("ClientError: Uploading ")  # the job's input fault: not retried
     assert "AccessDenied" in job["FailureReason"] and "s3:PutObject" in job["FailureReason"]
 
 

@@ -561,14 +561,6 @@ def test_running_jobs_end_failed_when_the_cloud_stops_or_crashes(tmp_path: Any) 
 
 
 # -- the Airflow provider's operators, unchanged -------------------------------------------------
-@pytest.fixture
-def airflow_connection(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
-        {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": REGION}}))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-
-
 def test_provider_processing_operator_runs_unchanged(s3: Any, airflow_connection: None) -> None:
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerProcessingOperator
 

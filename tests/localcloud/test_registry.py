@@ -4,7 +4,6 @@ lineage SageMaker records for a package, and restart durability."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -288,11 +287,7 @@ def test_package_lineage_is_recorded(sm) -> None:
     assert len(sm.list_artifacts(SourceUri=image, ArtifactType="Image")["ArtifactSummaries"]) == 1
 
 
-def test_provider_register_model_version_operator(cloud, sm, monkeypatch) -> None:
-    connection = {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+def test_provider_register_model_version_operator(sm, airflow_connection) -> None:
     group = unique("provider")
 
     def register(**kwargs: Any) -> str:
@@ -335,16 +330,12 @@ def test_provider_register_model_version_operator(cloud, sm, monkeypatch) -> Non
     )
 
 
-def test_a_retried_registration_finds_the_version_its_run_registered(cloud, sm, monkeypatch) -> None:
+def test_a_retried_registration_finds_the_version_its_run_registered(sm, airflow_connection) -> None:
     from datetime import UTC, datetime, timedelta
     from types import SimpleNamespace
 
     from fraud_operators.registry import RegisterModelVersionOperator
 
-    connection = {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     group = unique("retried")
     context = {"dag_run": SimpleNamespace(start_date=datetime.now(UTC) - timedelta(minutes=1))}
 

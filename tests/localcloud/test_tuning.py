@@ -253,13 +253,9 @@ def test_tuning_requests_are_checked(sm: Any, change: Callable[[dict[str, Any]],
     assert missing.value.response["Error"]["Message"] == "Requested resource not found."
 
 
-def test_provider_tuning_operator_runs_unchanged(sm: Any, cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_provider_tuning_operator_runs_unchanged(sm: Any, airflow_connection: None) -> None:
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTuningOperator
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
-        {"conn_type": "aws", "extra": {"endpoint_url": cloud.url, "region_name": "us-east-1"}}))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     tune = SageMakerTuningOperator(task_id="tune", check_interval=1,
                                    config=tuning_job("operator-tuning", "Bayesian", trials=2, parallel=2))
     result = tune.execute({})["Tuning"]

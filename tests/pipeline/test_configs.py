@@ -373,8 +373,10 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_EXECUTION_ROLE_ARN", "arn:aws:iam::111122223333:role/fraud")
     monkeypatch.setenv("FRAUD_UPLOAD_RAW_DATA", "false")
     monkeypatch.setenv("FRAUD_TASK_RETRIES", "4")
+    monkeypatch.setenv("FRAUD_CHECK_INTERVAL", "0.25")  # make run's: fractions of a second
     settings = Settings.from_env()
     assert (settings.region, settings.bucket, settings.upload_raw_data) == ("eu-west-1", "my-bucket", False)
+    assert settings.check_interval == 0.25
     assert settings.retry_args["retries"] == 4
     image = settings.image_uri("xgboost")
     assert image == "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:1.7-1"
@@ -383,7 +385,8 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     check(("sagemaker", "CreateModel", request))
 
 
-@pytest.mark.parametrize(("name", "value"), [("FRAUD_CHECK_INTERVAL", "soon"), ("FRAUD_UPLOAD_RAW_DATA", "maybe")])
+@pytest.mark.parametrize(("name", "value"), [("FRAUD_CHECK_INTERVAL", "soon"), ("FRAUD_CHECK_INTERVAL", "0"),
+                                             ("FRAUD_CHECK_INTERVAL", "inf"), ("FRAUD_UPLOAD_RAW_DATA", "maybe")])
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

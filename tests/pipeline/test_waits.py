@@ -1,12 +1,14 @@
 """The waiting operators (plugins/fraud_operators/waits.py) against the in-process local cloud, in
 both modes: waiting in the worker, and deferred (the operator's execute, its trigger run through the
 provider's async aiobotocore hook as the triggerer runs it, then execute_complete). A job that
-fails, one that is stopped and one that exceeds MaxRuntimeInSeconds fail the task with why."""
+fails, one that is stopped and one that exceeds MaxRuntimeInSeconds fail the task with why. A retry
+stops the job an earlier try left running."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,6 +37,7 @@ def s3(aws: Callable[..., Any]) -> Any:
     upload_training_data(client, BUCKET)
     put_script(client, "code/waits/fails.py", "raise ValueError('claims.csv: column fraud has blank values')\n")
     put_script(client, "code/waits/sleeps.py", "import time\ntime.sleep(300)\n")
+    put_script(client, "code/waits/ends.py", "print('done')\n")
     return client
 
 
@@ -166,11 +169,28 @@ def test_a_stopped_tuning_job_fails_its_task(
     assert str(failed.value).startswith(f"SageMaker Tuning {name} ended Stopped: ")
 
 
-def test_a_deferred_wait_lasts_as_long_as_the_job_may_run(s3: Any, connection: None) -> None:
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
+def test_a_retry_stops_the_job_an_earlier_try_left_running(
+        s3: Any, aws: Callable[..., Any], connection: None, deferrable: bool) -> None:
+    # The earlier try's process was killed while its job ran: nothing waits for that job any more.
+    name = f"waits-left-running-{'deferred' if deferrable else 'worker'}"
+    sagemaker = aws("sagemaker")
+    sagemaker.create_processing_job(**script_job(name, "code/waits/sleeps.py"))
+    retry = SageMakerProcessingOperator(task_id="process", config=script_job(name, "code/waits/ends.py"),
+                                        check_interval=1, deferrable=deferrable)
+    result = run(retry)
+    assert sagemaker.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"] == "Stopped"
+    assert re.fullmatch(rf"{name}-\d+", result["Processing"]["ProcessingJobName"])
+    assert result["Processing"]["ProcessingJobStatus"] == "Completed"
+
+
+@pytest.mark.parametrize("check_interval", [2, 0.25])  # the dev stack's, make run's
+def test_a_deferred_wait_lasts_as_long_as_the_job_may_run(s3: Any, connection: None, check_interval: float) -> None:
     # The provider watches for 60 checks (2 minutes at one every 2 s); the job may run 600 s.
-    name = "waits-long-enough"
+    name = f"waits-long-enough-{str(check_interval).replace('.', '-')}"
     operator = SageMakerProcessingOperator(
-        task_id="process", config=script_job(name, "code/waits/sleeps.py"), check_interval=2, deferrable=True,
+        task_id="process", config=script_job(name, "code/waits/sleeps.py"), check_interval=check_interval,
+        deferrable=True,
         region_name=REGION, botocore_config={"user_agent_extra": "fraud-waits", "connect_timeout": 7},
     )
     with pytest.raises(TaskDeferred) as deferred:

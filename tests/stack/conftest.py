@@ -12,15 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from dotenv import dotenv_values
 
 from include.localcloud.server import free_port
+from include.stack.infra import local_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "fraud_detection"
+# The test stack's FRAUD_PREFIX and FRAUD_ENDPOINT_NAME, so the template's parameters: its local
+# cloud enforces IAM, and the template's roles allow only that prefix and endpoint.
+PREFIX = "stack-test"
+ENDPOINT = "stack-test"
 API_TIMEOUT = 120  # seconds: one API server worker on a busy 2-core machine can be slow to answer
+RUN_TIMEOUT_SECONDS = 1800
 
 
 @dataclass
@@ -37,6 +44,8 @@ class ProcessStack:
             "STACK_ENV_FILE": str(root / ".env"),
             "STACK_API_PORT": str(free_port()),
             "LOCALCLOUD_PORT": str(free_port()),
+            "FRAUD_PREFIX": PREFIX,
+            "FRAUD_ENDPOINT_NAME": ENDPOINT,
         }
         return cls(root, env)
 
@@ -57,6 +66,13 @@ class ProcessStack:
         return subprocess.run(
             [sys.executable, "-m", "include.stack", command],
             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def client(self, service: str) -> Any:
+        """A boto3 client of the stack's local cloud, with its root key (when it enforces IAM)."""
+        return boto3.session.Session().client(
+            service, region_name="us-east-1", endpoint_url=self.cloud_url,
+            **local_credentials(Path(self.env["LOCALCLOUD_STATE"])),
         )
 
     def login(self) -> tuple[str, str]:
@@ -87,6 +103,50 @@ def wait_for_dag(api: httpx.Client, dag_id: str, timeout: float = 180) -> dict[s
             return answer.json()
         time.sleep(2)
     raise AssertionError(f"{dag_id} not parsed within {timeout} s")
+
+
+def log_text(entries: list[Any]) -> str:
+    """Airflow's structured task log as text: each event, and the exceptions it carries."""
+    lines = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            lines.append(str(entry))
+            continue
+        lines.append(str(entry.get("event", "")))
+        for error in entry.get("error_detail") or []:
+            lines.append(f"{error.get('exc_type')}: {error.get('exc_value')}")
+    return "\n".join(lines)
+
+
+def task_log(api: httpx.Client, run_id: str, task_id: str, try_number: int) -> str:
+    """The log of one try of a task, as text."""
+    log = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}").json()
+    return log_text(log["content"])
+
+
+def failed_task_logs(api: httpx.Client, run_id: str) -> str:
+    """The end of the log of each failed task of a run, to say why it failed."""
+    failed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"state": ["failed"]}).json()
+    reports = []
+    for instance in failed["task_instances"]:
+        log = task_log(api, run_id, instance["task_id"], instance["try_number"])
+        reports.append(f"--- {instance['task_id']}:\n" + "\n".join(log.splitlines()[-40:]))
+    return "\n".join(reports) or "no failed task"
+
+
+def wait_for_run(api: httpx.Client, run_id: str, timeout: float = RUN_TIMEOUT_SECONDS) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(5)
+    raise AssertionError(f"run {run_id} not finished after {timeout} s")
+
+
+def task_states(api: httpx.Client, run_id: str) -> dict[str, str]:
+    answer = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100}).json()
+    return {instance["task_id"]: instance["state"] for instance in answer["task_instances"]}
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from airflow.models.connection import Connection
 from dotenv import dotenv_values
 from packaging.specifiers import SpecifierSet
 
-from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.stack.login import AUTH_MANAGER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,7 +181,7 @@ def test_the_local_cloud_enforces_iam_and_the_stack_runs_with_the_template(inter
     assert f"{state}:ro" in init["volumes"]
     assert "python -m include.stack.infra --endpoint-url http://localcloud:4566" in init["command"][1]
     assert "./infra:/opt/airflow/infra:ro" in init["volumes"]  # infra.TEMPLATE, where the image has the project
-    assert f"--credentials /opt/airflow/localcloud/{ROOT_CREDENTIALS_FILE}" in init["command"][1]
+    assert "--state-dir /opt/airflow/localcloud" in init["command"][1]  # where its root key is
     for name in (*AIRFLOW_SERVICES, "airflow-worker"):
         environment = services[name]["environment"]
         assert environment["AIRFLOW_CONN_AWS_DEFAULT"] == ""

@@ -6,78 +6,37 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
-from typing import Any
 
-import boto3
-import httpx
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from include.jobs import schema
 from include.pipeline.clarify import bias_metrics
+from include.pipeline.configs import RunLayout, short_hash
 from include.pipeline.settings import Settings
-from tests.stack.conftest import DAG_ID, ProcessStack, wait_for_dag
+from tests.stack.conftest import (
+    DAG_ID,
+    ENDPOINT,
+    PREFIX,
+    ProcessStack,
+    failed_task_logs,
+    task_log,
+    task_states,
+    wait_for_dag,
+    wait_for_run,
+)
 
-RUN_TIMEOUT_SECONDS = 1800
 # Non-default params: the facet balanced (bias mitigation), no tuning, approval decided by the
 # gates, which a working model passes.
 PARAMS = {
-    "prefix": "e2e-fraud",
-    "endpoint_name": "e2e-fraud-endpoint",
+    "prefix": PREFIX,
+    "endpoint_name": ENDPOINT,
     "balance_facet": True,
     "tuning": False,
     "auto_approve": True,
     "min_test_auc": 0.7,
     "max_abs_dppl": 0.2,
 }
-
-
-def aws(stack: ProcessStack, service: str) -> Any:
-    return boto3.session.Session().client(
-        service, region_name="us-east-1", endpoint_url=stack.cloud_url,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )
-
-
-def log_text(entries: list[Any]) -> str:
-    """Airflow's structured task log as text: each event, and the exceptions it carries."""
-    lines = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            lines.append(str(entry))
-            continue
-        lines.append(str(entry.get("event", "")))
-        for error in entry.get("error_detail") or []:
-            lines.append(f"{error.get('exc_type')}: {error.get('exc_value')}")
-    return "\n".join(lines)
-
-
-def failed_task_logs(api: httpx.Client, run_id: str) -> str:
-    """The end of the log of each failed task of a run, to say why it failed."""
-    failed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"state": ["failed"]}).json()
-    reports = []
-    for instance in failed["task_instances"]:
-        log = api.get(
-            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{instance['task_id']}/logs/{instance['try_number']}"
-        ).json()
-        reports.append(f"--- {instance['task_id']}:\n" + "\n".join(log_text(log["content"]).splitlines()[-40:]))
-    return "\n".join(reports) or "no failed task"
-
-
-def wait_for_run(api: httpx.Client, run_id: str, timeout: float = RUN_TIMEOUT_SECONDS) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
-        if state in ("success", "failed"):
-            return state
-        time.sleep(5)
-    raise AssertionError(f"run {run_id} not finished after {timeout} s")
-
-
-def task_states(api: httpx.Client, run_id: str) -> dict[str, str]:
-    answer = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100}).json()
-    return {instance["task_id"]: instance["state"] for instance in answer["task_instances"]}
 
 
 @pytest.mark.slow
@@ -114,20 +73,21 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
     # make up runs deferrable: the jobs and the endpoint were waited for by the triggerer.
     with stack.api() as api:
         for task_id in ("data_prep.preprocess_claims", "dataset.split", "deploy.deploy_endpoint"):
-            log = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1").json()
-            assert "Pausing task as DEFERRED" in log_text(log["content"]), task_id
-    sagemaker = aws(stack, "sagemaker")
+            assert "Pausing task as DEFERRED" in task_log(api, run_id, task_id, 1), task_id
+    sagemaker = stack.client("sagemaker")
     assert not sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
-    packages = sagemaker.list_model_packages(ModelPackageGroupName=PARAMS["prefix"])["ModelPackageSummaryList"]
+    # The stack's runs share the template's prefix: this run's package is the one naming its run.
+    packages = [sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"]) for summary in
+                sagemaker.list_model_packages(ModelPackageGroupName=PARAMS["prefix"])["ModelPackageSummaryList"]]
+    packages = [package for package in packages if package["CustomerMetadataProperties"].get("run_id") == run_id]
     assert [package["ModelApprovalStatus"] for package in packages] == ["Approved"]
     assert sagemaker.describe_endpoint(EndpointName=PARAMS["endpoint_name"])["EndpointStatus"] == "InService"
 
-    s3 = aws(stack, "s3")
-    bucket = Settings.from_env().bucket
+    s3 = stack.client("s3")
+    layout = RunLayout.of(Settings.from_env(stack.env), PARAMS["prefix"], short_hash(run_id))
 
     def split(name: str) -> list[list[str]]:
-        [key] = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"{PARAMS['prefix']}/runs/")["Contents"]
-                 if item["Key"].endswith(f"/dataset/{name}/{name}.csv")]
+        bucket, key = layout.split_file(name).removeprefix("s3://").split("/", 1)
         return list(csv.reader(io.StringIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())))
 
     # The facet balanced: as many women as others within each label of the training set, so
@@ -137,7 +97,7 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
     for row in split("train"):
         counts[(row[0], row[facet])] = counts.get((row[0], row[facet]), 0) + 1
     assert counts[("0", "0")] == counts[("0", "1")] and counts[("1", "0")] == counts[("1", "1")]
-    package = sagemaker.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
+    [package] = packages
     bucket_and_key = package["ModelMetrics"]["Bias"]["PreTrainingReport"]["S3Uri"].removeprefix("s3://")
     report = s3.get_object(Bucket=bucket_and_key.split("/", 1)[0], Key=bucket_and_key.split("/", 1)[1])
     pre_training = bias_metrics(json.loads(report["Body"].read()), "pre")
@@ -147,7 +107,7 @@ def test_triggered_run_deploys_an_endpoint_that_answers(stack: ProcessStack) -> 
     rows = split("test")
     labels = [int(float(row[0])) for row in rows]
     body = "\n".join(",".join(row[1:]) for row in rows)
-    answer = aws(stack, "sagemaker-runtime").invoke_endpoint(
+    answer = stack.client("sagemaker-runtime").invoke_endpoint(
         EndpointName=PARAMS["endpoint_name"], ContentType="text/csv", Body=body.encode()
     )
     text = answer["Body"].read().decode()

@@ -1,118 +1,162 @@
-"""Faults survived: the local cloud is killed (SIGKILL) while a job of a `make run` is in
-progress and started again. The job ends Failed as interrupted, the task's retry runs a new job
-under a new name, the run completes, and the registry and the lineage hold nothing twice."""
+"""Faults survived, on a process stack (`make up`) that waits for jobs in the worker: with
+FRAUD_DEFERRABLE on, a task waiting for its job is deferred and has no process to kill. During one
+run, the process of a task waiting for its job is SIGKILLed; later the local cloud is SIGKILLed
+while another job runs, and started again. Each time the task's retry runs a new job under a new
+name: the retry stops the job the killed task left running, and the job of the killed cloud ends
+Failed as interrupted. The run completes, and the registry and the lineage hold nothing twice."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import boto3
+import httpx
+import psutil
 import pytest
 
 from include import datagen
+from include.local_run import PIPELINE_SETTINGS
 from include.localcloud.sagemaker.jobs import LOCAL_CLOUD_STOPPED
-from tests.stack.conftest import REPO, ProcessStack
+from include.stack.config import StackConfig, load_config
+from include.stack.supervisor import SERVICES, local_cloud_answers, pid_file, start_service
+from tests.stack.conftest import DAG_ID, ProcessStack, failed_task_logs, task_log, wait_for_dag, wait_for_run
 
-# Jobs whose inputs were written well before they start (the local cloud snapshots moto's state
-# every 2 s): the split, the Clarify and the evaluation jobs. On the 5,000 policies of data/ they
-# can end within MIN_AGE_SECONDS on a quiet machine, so the run has more policies (generated), and
-# ingests them offline_only to keep the run short.
-TARGETS = re.compile(r"-(split|bias-pre|eval|bias-post)-")
+# The task whose process is killed while it waits for its job, and that job.
+KILLED_TASK, KILLED_TASK_JOB = "dataset.split", re.compile(r"-split-")
+# Jobs the local cloud is killed during: their inputs were written well before they start (the
+# local cloud snapshots moto's state every 2 s). On the 5,000 policies of data/ they can end within
+# MIN_AGE_SECONDS on a quiet machine, so the run has more policies (generated), and ingests them
+# offline_only to keep the run short.
+CLOUD_KILLED_JOBS = re.compile(r"-(bias-pre|eval|bias-post)-")
 MIN_AGE_SECONDS = 2.5
 POLICIES = 50_000
+# make run's job checks (every second, no log tailing), waits in the worker, retries 5 s apart.
+STACK_SETTINGS = {**PIPELINE_SETTINGS, "FRAUD_DEFERRABLE": "false", "FRAUD_RETRY_DELAY_SECONDS": "5"}
+LOCAL_CLOUD = next(service for service in SERVICES if service.name == "localcloud")
+T = TypeVar("T")
 
 
-def start_cloud(stack: ProcessStack, log: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-m", "include.localcloud"], cwd=REPO, env=stack.env,
-                               stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            client(stack, "sts").get_caller_identity()
-            return process
-        except Exception:  # not up yet
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+def poll(what: str, found: Callable[[], T | None], timeout: float = 900, every: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    while (result := found()) is None:
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(every)
+    return result
 
 
-def client(stack: ProcessStack, service: str) -> Any:
-    return boto3.client(service, endpoint_url=stack.cloud_url, region_name="us-east-1",
-                        aws_access_key_id="local", aws_secret_access_key="local")
-
-
-def running_target(sm: Any) -> str | None:
-    """A target job in progress for MIN_AGE_SECONDS, or None."""
-    for job in sm.list_processing_jobs(StatusEquals="InProgress")["ProcessingJobSummaries"]:
-        age = time.time() - job["CreationTime"].timestamp()
-        if TARGETS.search(job["ProcessingJobName"]) and age >= MIN_AGE_SECONDS:
+def running_job(sagemaker: Any, names: re.Pattern[str], min_age: float) -> str | None:
+    """A processing job whose name matches, in progress for min_age seconds, or None."""
+    for job in sagemaker.list_processing_jobs(StatusEquals="InProgress")["ProcessingJobSummaries"]:
+        if names.search(job["ProcessingJobName"]) and time.time() - job["CreationTime"].timestamp() >= min_age:
             return job["ProcessingJobName"]
     return None
 
 
+def service_process(config: StackConfig, name: str) -> psutil.Process:
+    return psutil.Process(json.loads(pid_file(config, name).read_text())["pid"])
+
+
+def task_instance(api: httpx.Client, run_id: str, task_id: str) -> dict[str, Any]:
+    return api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}").json()
+
+
+def task_process(config: StackConfig, api: httpx.Client, run_id: str, task_id: str) -> psutil.Process | None:
+    """The process running the task's current try: the task runner that a LocalExecutor worker (its
+    supervisor) of the scheduler started, titled with the task instance's id."""
+    title = f"airflow worker -- {task_instance(api, run_id, task_id)['id']}"
+    for process in service_process(config, "scheduler").children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).strip() == title:
+                return process
+        except psutil.NoSuchProcess:
+            pass
+    return None
+
+
+def try_ended(api: httpx.Client, run_id: str, task_id: str) -> str | None:
+    """The task's state once its first try is no longer running, else None."""
+    instance = task_instance(api, run_id, task_id)
+    return instance["state"] if instance["state"] != "running" or instance["try_number"] > 1 else None
+
+
+def assert_retried_under_a_new_name(sagemaker: Any, killed: str) -> dict[str, Any]:
+    """The one job the retry ran instead of the killed one, Completed, under a new name."""
+    retried = [job for job in sagemaker.list_processing_jobs(NameContains=killed)["ProcessingJobSummaries"]
+               if job["ProcessingJobName"] != killed]
+    assert [job["ProcessingJobStatus"] for job in retried] == ["Completed"]
+    assert re.fullmatch(rf"{killed}-\d+", retried[0]["ProcessingJobName"])
+    return retried[0]
+
+
 @pytest.mark.slow
-def test_a_run_survives_the_local_cloud_killed_during_a_job(tmp_path: Path) -> None:
-    stack = ProcessStack.in_folder(tmp_path)
-    stack.env.update({"FRAUD_RETRY_DELAY_SECONDS": "5", "RUN_REPORT_DIR": str(tmp_path / "report")})
-    cloud_log = tmp_path / "localcloud.log"
-    cloud = start_cloud(stack, cloud_log)
+def test_a_run_survives_its_task_process_and_the_local_cloud_killed_during_jobs(tmp_path: Path) -> None:
     raw = datagen.write(datagen.Model(datagen.read_seed()), POLICIES, 0, tmp_path / "data")
     conf = {"prefix": "faults", "tuning": False, "deploy": False, "ingest_mode": "offline_only",
             "claims_file": str(raw["claims"]), "customers_file": str(raw["customers"])}
-    run = subprocess.Popen([sys.executable, "-m", "include.local_run", json.dumps(conf)], cwd=REPO, env=stack.env,
-                           stdout=(tmp_path / "run.out").open("wb"), stderr=subprocess.STDOUT)
+    stack = ProcessStack.in_folder(tmp_path)
+    stack.env.update(STACK_SETTINGS)
+    config = load_config(stack.env)
+    restarted_cloud = None
     try:
-        sm, killed = client(stack, "sagemaker"), None
-        while killed is None:
-            assert run.poll() is None, (tmp_path / "run.out").read_text()[-3000:]
-            killed = running_target(sm)
-            if killed is None:
-                time.sleep(0.2)
-        os.kill(cloud.pid, signal.SIGKILL)
-        cloud.wait()
-        cloud = start_cloud(stack, cloud_log)
-        assert run.wait(timeout=900) == 0, (tmp_path / "run.out").read_text()[-3000:]
-        output = (tmp_path / "run.out").read_text()
-    finally:
-        if run.poll() is None:
-            run.kill()
-        cloud.terminate()
-        cloud.wait(timeout=60)
-        cloud = start_cloud(stack, cloud_log)  # read what the run left, then stop for good
+        started = stack.run("up")
+        assert started.returncode == 0, f"{started.stdout}\n{started.stderr}"
+        with stack.api() as api:
+            wait_for_dag(api, DAG_ID)
+            triggered = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+            assert triggered.status_code == 200, triggered.text
+            run_id = triggered.json()["dag_run_id"]
+            sagemaker = stack.client("sagemaker")
 
-    try:
-        sm = client(stack, "sagemaker")
-        interrupted = sm.describe_processing_job(ProcessingJobName=killed)
-        assert (interrupted["ProcessingJobStatus"], interrupted["FailureReason"]) == ("Failed", LOCAL_CLOUD_STOPPED)
-        retried = [job for job in sm.list_processing_jobs(NameContains=killed)["ProcessingJobSummaries"]
-                   if job["ProcessingJobName"] != killed]
-        assert [job["ProcessingJobStatus"] for job in retried] == ["Completed"]
-        assert re.fullmatch(rf"{killed}-\d+", retried[0]["ProcessingJobName"])  # a new name
-        assert "up_for_retry" in output
+            orphaned = poll(f"{KILLED_TASK}'s job", lambda: running_job(sagemaker, KILLED_TASK_JOB, 0))
+            poll(f"{KILLED_TASK}'s task process", lambda: task_process(config, api, run_id, KILLED_TASK)).kill()
+            killed_at = time.monotonic()
+            ended = poll(f"{KILLED_TASK}'s killed try ended", lambda: try_ended(api, run_id, KILLED_TASK), every=0.5)
+            print(f"{KILLED_TASK}'s task process killed: {ended} {time.monotonic() - killed_at:.1f} s later")
 
-        summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-        packages = sm.list_model_packages(ModelPackageGroupName="faults")["ModelPackageSummaryList"]
-        of_run = [p for p in packages if sm.describe_model_package(ModelPackageName=p["ModelPackageArn"])
-                  .get("CustomerMetadataProperties", {}).get("run_id") == summary["run_id"]]
+            interrupted = poll("a job to kill the local cloud during",
+                               lambda: running_job(sagemaker, CLOUD_KILLED_JOBS, MIN_AGE_SECONDS))
+            cloud = service_process(config, "localcloud")
+            cloud.kill()
+            cloud.wait(timeout=60)
+            restarted_cloud = start_service(config, LOCAL_CLOUD, stack.env)
+            poll("the local cloud started again", lambda: local_cloud_answers(config) or None, timeout=120)
+
+            assert wait_for_run(api, run_id) == "success", failed_task_logs(api, run_id)
+            # The killed try's supervisor saw its task runner end by a signal.
+            assert task_instance(api, run_id, KILLED_TASK)["try_number"] == 2
+            assert "Process terminated by signal" in task_log(api, run_id, KILLED_TASK, 1)
+
+        # The killed try's job did not run beside the retry's: the retry stopped it (or, on a quiet
+        # machine, it may have completed before the retry started).
+        retry = assert_retried_under_a_new_name(sagemaker, orphaned)
+        orphan = sagemaker.describe_processing_job(ProcessingJobName=orphaned)
+        assert orphan["ProcessingJobStatus"] in ("Stopped", "Completed")
+        assert orphan["LastModifiedTime"] <= retry["CreationTime"]
+        described = sagemaker.describe_processing_job(ProcessingJobName=interrupted)
+        assert (described["ProcessingJobStatus"], described["FailureReason"]) == ("Failed", LOCAL_CLOUD_STOPPED)
+        assert_retried_under_a_new_name(sagemaker, interrupted)
+
+        packages = sagemaker.list_model_packages(ModelPackageGroupName="faults")["ModelPackageSummaryList"]
+        of_run = [p for p in packages if sagemaker.describe_model_package(ModelPackageName=p["ModelPackageArn"])
+                  .get("CustomerMetadataProperties", {}).get("run_id") == run_id]
         assert len(of_run) == 1
-
         associations = [(a["SourceArn"], a["DestinationArn"], a.get("AssociationType"))
-                        for page in sm.get_paginator("list_associations").paginate()
+                        for page in sagemaker.get_paginator("list_associations").paginate()
                         for a in page["AssociationSummaries"]]
         artifacts = [(a["Source"]["SourceUri"], a["ArtifactType"])
-                     for page in sm.get_paginator("list_artifacts").paginate() for a in page["ArtifactSummaries"]]
-        actions = [a["ActionName"] for page in sm.get_paginator("list_actions").paginate()
+                     for page in sagemaker.get_paginator("list_artifacts").paginate()
+                     for a in page["ArtifactSummaries"]]
+        actions = [a["ActionName"] for page in sagemaker.get_paginator("list_actions").paginate()
                    for a in page["ActionSummaries"]]
         for listed in (associations, artifacts, actions):
             assert listed and [item for item, count in Counter(listed).items() if count > 1] == []
     finally:
-        cloud.terminate()
-        cloud.wait(timeout=60)
+        stopped = stack.run("down")
+        if restarted_cloud is not None:
+            restarted_cloud.wait(timeout=60)
+    assert stopped.returncode == 0, stopped.stderr

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.conftest import REPO, ProcessStack
+from tests.stack.conftest import ENDPOINT, PREFIX, REPO, ProcessStack
 
-CONF = {"prefix": "make-run-test", "endpoint_name": "make-run-test", "tuning": False, "balance_facet": True,
-        "min_test_auc": 0.7}
+CONF = {"prefix": PREFIX, "endpoint_name": ENDPOINT, "tuning": False, "balance_facet": True, "min_test_auc": 0.7}
 SUMMARY_KEYS = {
     "dag_id", "run_id", "state", "task_seconds", "dataset_rows", "baseline_test_auc", "test_auc", "test_pr_auc",
     "best_hyperparameters", "pre_training_bias", "post_training_bias", "model_package_arn", "model_approval_status",
@@ -63,7 +62,7 @@ def test_a_failed_make_run_ends_with_each_failed_task_and_its_reason(stack: Proc
     rows[7] = ",".join(fields)
     bad_customers = tmp_path / "customers.csv"
     bad_customers.write_text("\n".join(rows) + "\n")
-    conf = {"prefix": "make-run-bad", "customers_file": str(bad_customers), "tuning": False}
+    conf = {"prefix": PREFIX, "customers_file": str(bad_customers), "tuning": False}
     finished = subprocess.run(
         [sys.executable, "-m", "include.local_run", json.dumps(conf)], cwd=REPO,
         env={**stack.env, "RUN_REPORT_DIR": str(tmp_path / "report")}, capture_output=True, text=True, timeout=900,

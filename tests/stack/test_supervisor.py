@@ -25,7 +25,7 @@ from include.stack.config import (
     read_env_file,
 )
 from include.stack.supervisor import SERVICES, pid_file
-from tests.stack.conftest import REPO, ProcessStack, free_port
+from tests.stack.conftest import PREFIX, REPO, ProcessStack, free_port
 
 
 def config_in(stack: ProcessStack) -> StackConfig:
@@ -113,12 +113,17 @@ def test_down_stops_the_whole_process_tree(tmp_path: Path) -> None:
         ["bash", "-c", "sleep 300 & setsid sleep 300 & wait"], start_new_session=True
     )
     leader = psutil.Process(service.pid)
+    # The second sleep leaves the leader's group only when setsid runs, after bash has forked it:
+    # wait for that, not just for the two children.
     deadline = time.monotonic() + 10
-    while len(leader.children()) < 2 and time.monotonic() < deadline:
+    while True:
+        tree = [leader, *leader.children(recursive=True)]
+        groups = {os.getpgid(process.pid) for process in tree}
+        if (len(tree), len(groups)) == (3, 2) or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
-    tree = [leader, *leader.children(recursive=True)]
     assert len(tree) == 3
-    assert len({os.getpgid(process.pid) for process in tree}) == 2
+    assert len(groups) == 2
     path = record_pid_file(stack, "localcloud", leader)
     stopped = stack.run("down")
     service.wait(timeout=10)
@@ -213,7 +218,9 @@ def test_up_starts_every_service_and_down_stops_exactly_them(tmp_path: Path) -> 
         status = stack.run("status").stdout
         assert f"api-server     running (process {processes['api-server'].pid}) on {stack.api_url}" in status
         assert f"{stack.api_url} (all components healthy)" in status
-        assert httpx.get(f"{stack.cloud_url}/").status_code == 200
+        # The local cloud enforces IAM: an unsigned request is refused; the root key's, served.
+        assert httpx.get(f"{stack.cloud_url}/").status_code == 403
+        assert stack.client("iam").get_role(RoleName=f"{PREFIX}-airflow-us-east-1")["Role"]["RoleName"]
         # The login is .env's: a wrong password gets no token.
         username, password = stack.login()
         token = httpx.post(f"{stack.api_url}/auth/token", json={"username": username, "password": password})

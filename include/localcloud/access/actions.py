@@ -23,7 +23,9 @@ class Access:
     resources: tuple[str, ...]
     protocol: str
     passed_roles: tuple[str, ...] = ()  # iam:PassRole of each, to sagemaker.amazonaws.com
-    copy_source: str | None = None  # CopyObject: s3:GetObject of the source too
+    # (action, resource) checked too: CopyObject's s3:GetObject of its source, a Create* with
+    # Tags' sagemaker:AddTags of what it creates.
+    also: tuple[tuple[str, str], ...] = ()
 
 
 def json_params(request: Request) -> dict[str, Any]:
@@ -94,7 +96,12 @@ def sagemaker_access(operation: str, params: dict[str, Any], region: str, accoun
     for definition in params.get("TrainingJobDefinitions", []) if operation == "CreateHyperParameterTuningJob" else ():
         if isinstance(definition, dict) and isinstance(definition.get("RoleArn"), str):
             passed.append(definition["RoleArn"])
-    return Access(f"sagemaker:{operation}", tuple(dict.fromkeys(resources)) or ("*",), protocol, tuple(passed))
+    tagged: tuple[tuple[str, str], ...] = ()
+    if operation.startswith("Create") and params.get("Tags") and resources:
+        # Tags given on create need sagemaker:AddTags of the new resource (named first), as on SageMaker.
+        tagged = (("sagemaker:AddTags", resources[0]),)
+    return Access(f"sagemaker:{operation}", tuple(dict.fromkeys(resources)) or ("*",), protocol, tuple(passed),
+                  tagged)
 
 
 def athena_access(operation: str, params: dict[str, Any], region: str, account: str) -> Access:
@@ -230,7 +237,7 @@ def s3_access(request: Request) -> Access:
     copy_source = request.headers.get("x-amz-copy-source")
     if action == "PutObject" and copy_source:
         source = unquote(copy_source).split("?", 1)[0].lstrip("/")
-        return Access("s3:PutObject", (resource,), S3, copy_source=f"arn:aws:s3:::{source}")
+        return Access("s3:PutObject", (resource,), S3, also=(("s3:GetObject", f"arn:aws:s3:::{source}"),))
     return Access(f"s3:{action}", (resource,), S3)
 
 

@@ -39,8 +39,8 @@ ENFORCE = "enforce"
 SAGEMAKER_PRINCIPAL = "sagemaker.amazonaws.com"
 ROLE_SESSION_SECONDS = 12 * 3600  # a job's or model server's credentials; renewed an hour before they end
 ROOT_CREDENTIALS_FILE = "root-credentials.json"  # in the state folder: the account root's access key
-KEPT_RESOURCES = 50
-KEPT_DESCRIPTIONS = 10_000  # REST paths remembered with their action and resource  # resources remembered per allowed action, to show what an action was used on
+KEPT_RESOURCES = 50  # resources remembered per allowed action, to show what an action was used on
+KEPT_DESCRIPTIONS = 10_000  # REST paths remembered with their action and resource
 
 # AWS's error code and message, by protocol, for each way a signature fails.
 _SIGNATURE_ERRORS: dict[str, dict[str, tuple[str, str | None, int]]] = {
@@ -184,8 +184,9 @@ class Enforcer:
             return actions.s3_access(request)
         if protocol == REST_JSON:
             # Feature Store and SageMaker runtime calls name their resource in the path alone
-            # (BatchGetRecord aside): one description per path serves every record call.
-            key = (request.method, request.environ.get("REQUEST_URI", request.path), region)
+            # (BatchGetRecord aside): one description per path, whatever the query (GetRecord's
+            # record identifier), serves every record call.
+            key = (request.method, request.environ.get("REQUEST_URI", request.path).split("?", 1)[0], region)
             known = self._rest_accesses.get(key)
             if known is None:
                 known = self._describe_rest(request, service, region, account)
@@ -226,8 +227,7 @@ class Enforcer:
             return
         checks: list[tuple[str, str, Mapping[str, str]]] = [(access.action, resource, {})
                                                             for resource in access.resources]
-        if access.copy_source:
-            checks.append(("s3:GetObject", access.copy_source, {}))
+        checks += [(action, resource, {}) for action, resource in access.also]
         checks += [("iam:PassRole", role, {"iam:PassedToService": SAGEMAKER_PRINCIPAL})
                    for role in access.passed_roles]
         for action, resource, extra in checks:

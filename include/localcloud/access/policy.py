@@ -41,21 +41,22 @@ def evaluate(docs: Iterable[Mapping[str, Any]], action: str, resource: str, cont
 
 def _applies(statement: Mapping[str, Any], action: str, resource: str, context: Mapping[str, str]) -> bool:
     if "NotAction" in statement:
-        if _any_match(statement["NotAction"], action, ignore_case=True):
+        if any_match(statement["NotAction"], action, ignore_case=True):
             return False
-    elif not _any_match(statement.get("Action", []), action, ignore_case=True):
+    elif not any_match(statement.get("Action", []), action, ignore_case=True):
         return False
     if "NotResource" in statement:
-        if _any_match(statement["NotResource"], resource):
+        if any_match(statement["NotResource"], resource):
             return False
-    elif not _any_match(statement.get("Resource", []), resource):
+    elif not any_match(statement.get("Resource", []), resource):
         return False
     return all(_condition(operator, key, expected, context)
                for operator, tests in statement.get("Condition", {}).items()
                for key, expected in tests.items())
 
 
-def _any_match(patterns: str | list[str], value: str, ignore_case: bool = False) -> bool:
+def any_match(patterns: str | list[str], value: str, ignore_case: bool = False) -> bool:
+    """Does one of a statement's Action or Resource patterns (IAM wildcards) match `value`?"""
     return any(_wildcard(pattern, ignore_case).fullmatch(value) for pattern in _as_list(patterns))
 
 

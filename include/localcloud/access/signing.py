@@ -170,7 +170,7 @@ def check_signature(request: Request, signature: Signature, secret_access_key: s
     else:
         payload_hash = hashlib.sha256(request.get_data(cache=True)).hexdigest()
     canonical_request = "\n".join([
-        request.method, auth._normalize_url_path(path or "/"), auth._canonical_query_string_url(SplitResult(
+        request.method, _canonical_path(s3, path or "/"), auth._canonical_query_string_url(SplitResult(
             "", "", "", query, "")), "\n".join(headers) + "\n", ";".join(signature.signed_headers), payload_hash])
     scope = f"{signature.date}/{signature.region}/{signature.service}/aws4_request"
     string_to_sign = "\n".join([ALGORITHM, signature.amz_date, scope,
@@ -179,6 +179,13 @@ def check_signature(request: Request, signature: Signature, secret_access_key: s
     expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.signature):
         raise SignatureError("mismatch", _MISMATCH)
+
+
+@lru_cache(maxsize=1024)
+def _canonical_path(s3: bool, path: str) -> str:
+    """botocore's canonical path of a request path (S3's as sent, other services' normalized and
+    encoded again, presigned or not): the same for every request to the path, so made once."""
+    return _auth(s3, False)._normalize_url_path(path)
 
 
 @lru_cache(maxsize=4)

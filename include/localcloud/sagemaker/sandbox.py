@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ class JobRunner:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], tuple[threading.Thread, JobControl]] = {}
         self._closed = False
+        # Counts job threads that ended, so that a tuning job learns of a trial's end at once.
+        self._ended = threading.Condition()
+        self._ended_count = 0
 
     def start(self, kind: str, name: str, work: Callable[[JobControl], None]) -> None:
         """Run `work` in a thread of its own; after shutdown nothing starts (the job stays as
@@ -136,6 +140,19 @@ class JobRunner:
         finally:
             with self._lock:
                 self._jobs.pop((kind, name), None)
+            with self._ended:
+                self._ended_count += 1
+                self._ended.notify_all()
+
+    def ended_count(self) -> int:
+        """How many job threads have ended so far: what wait_for_an_end waits past."""
+        with self._ended:
+            return self._ended_count
+
+    def wait_for_an_end(self, seen: int, timeout: float) -> None:
+        """Wait until a job thread ends after `seen` (an ended_count), or `timeout` seconds."""
+        with self._ended:
+            self._ended.wait_for(lambda: self._ended_count != seen, timeout)
 
     def stop(self, kind: str, name: str, reason: StopReason) -> bool:
         """Ask a job's thread to stop; False when no thread runs that job."""
@@ -287,6 +304,11 @@ def _inside(destination: Path, relative_key: str, uri: str) -> Path:
     return target
 
 
+# What boto3's upload_file raises when S3 refuses (AccessDenied, a missing bucket): its transfer
+# wraps the ClientError in an S3UploadFailedError, which is neither.
+UPLOAD_ERRORS = (BotoCoreError, ClientError, S3UploadFailedError)
+
+
 def upload_directory(s3: Any, source: Path, uri: str) -> None:
     """Copy every file under `source` to the S3 prefix `uri`, keeping relative paths."""
     bucket, prefix = split_s3_uri(uri)
@@ -295,7 +317,7 @@ def upload_directory(s3: Any, source: Path, uri: str) -> None:
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             relative = path.relative_to(source).as_posix()
             s3.upload_file(str(path), bucket, f"{prefix}/{relative}" if prefix else relative)
-    except (BotoCoreError, ClientError) as exc:
+    except UPLOAD_ERRORS as exc:
         raise JobFailure(f"ClientError: Uploading {source.name} to {uri} failed: {exc}") from exc
 
 
@@ -303,7 +325,7 @@ def upload_file(s3: Any, path: Path, uri: str) -> None:
     bucket, key = split_s3_uri(uri)
     try:
         s3.upload_file(str(path), bucket, key)
-    except (BotoCoreError, ClientError) as exc:
+    except UPLOAD_ERRORS as exc:
         raise JobFailure(f"ClientError: Uploading {path.name} to {uri} failed: {exc}") from exc
 
 

@@ -355,6 +355,7 @@ class TuningOperations:
         told = 0
         try:
             while True:
+                ended = self.job_runner.ended_count()
                 while told < len(asked) and (len(asked) - told == parallel or len(asked) == max_trials):
                     trial_name, trial = asked[told]
                     job = self.cloud.store.get(TRAINING.store_kind, trial_name)
@@ -375,7 +376,8 @@ class TuningOperations:
                     tuned = {parameter.name: parameter.value(trial.params[parameter.name]) for parameter in space}
                     self.start_training_job(self._trial_request(definition, trial_name, tuned), ctx, arn)
                     asked.append((trial_name, trial))
-                control.wait(POLL_SECONDS)
+                # Until a trial (or any job) ends; a stop is seen within POLL_SECONDS.
+                self.job_runner.wait_for_an_end(ended, POLL_SECONDS)
         finally:  # stopped, or a bug: no trial outlives its tuning job
             self._stop_trials([trial_name for trial_name, _ in asked[told:]], ctx, control)
 

@@ -25,12 +25,11 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import numpy as np
 import pandas as pd
-import xgboost
 from botocore.exceptions import BotoCoreError, ClientError
 from smclarify.bias import metrics as bias_metrics
 from smclarify.bias.metrics import common as metrics_common
@@ -41,6 +40,9 @@ from smclarify.bias.report import (
     bias_report,
     label_value_or_threshold,
 )
+
+if TYPE_CHECKING:
+    import xgboost
 
 log = logging.getLogger("clarify")
 
@@ -352,6 +354,8 @@ def as_analysis_column(series: pd.Series) -> pd.Series:
 # -- model predictions -----------------------------------------------------------------------
 def load_model(predictor: dict[str, Any]) -> xgboost.Booster:
     """The built-in XGBoost model of predictor.model_name: described, downloaded, loaded."""
+    import xgboost  # post-training only: 0.4 s of imports that pre-training analyses do without
+
     model_name = predictor.get("model_name")
     if not isinstance(model_name, str) or not model_name:
         raise AnalysisError("predictor.model_name: required for post-training bias")
@@ -393,6 +397,8 @@ def load_model(predictor: dict[str, Any]) -> xgboost.Booster:
 
 def predict_labels(booster: xgboost.Booster, features: pd.DataFrame, threshold: float) -> pd.Series:
     """1 where the model's score is over the threshold, else 0 (Clarify's binary rule)."""
+    import xgboost
+
     non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
         raise AnalysisError(f"excluded_columns: the model needs numeric features; not numeric: {non_numeric}")
