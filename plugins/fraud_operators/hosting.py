@@ -65,11 +65,19 @@ class SageMakerEndpointSmokeTestOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         return predictions
 
     def _payload(self) -> str:
+        """The first rows, read as the object streams in: the test set may be large."""
         bucket, key = S3Hook.parse_s3_url(self.data_uri)
-        text = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify).read_key(
-            key, bucket_name=bucket
-        )
-        lines = [line for line in text.splitlines() if line.strip()][: self.rows]
+        hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
+        body = hook.get_key(key, bucket_name=bucket).get()["Body"]
+        lines: list[str] = []
+        try:
+            for line in body.iter_lines():
+                if line.strip():
+                    lines.append(line.decode())
+                if len(lines) == self.rows:
+                    break
+        finally:
+            body.close()
         if not lines:
             raise AirflowException(f"{self.data_uri} holds no rows to send")
         return "\n".join(line.split(",", 1)[1] for line in lines)
