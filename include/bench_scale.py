@@ -187,13 +187,21 @@ def exponent(n1: int, t1: float, n2: int, t2: float) -> str:
     return f"{math.log(t2 / t1) / math.log(n2 / n1):.2f}"
 
 
+def short(policies: int) -> str:
+    """5k, 200k, 1M."""
+    for unit, mark in ((10**6, "M"), (10**3, "k")):
+        if policies % unit == 0:
+            return f"{policies // unit}{mark}"
+    return str(policies)
+
+
 def mib(amount: int, kind: str = "") -> str:
     return f"{amount / MIB:,.0f}" + (f" {KIND_MARKS[kind]}" if kind else "")
 
 
 def print_tables(results: list[Measured]) -> None:
     sizes = [f"{r.policies:,}" for r in results]
-    steps = [f"{a.policies // 1000:,}k→{b.policies // 1000:,}k" for a, b in pairwise(results)]
+    steps = [f"{short(a.policies)}→{short(b.policies)}" for a, b in pairwise(results)]
     stages = sorted({stage for r in results for stage in r.stages}, key=lambda s: -results[-1].stages.get(s, 0))
 
     def table(title: str, header: list[str], rows: list[list[str]]) -> None:
