@@ -132,14 +132,16 @@ class MemorySampler:
         sampled = max((largest.get(kind, 0) for _, largest in self.samples), default=0)
         return max(sampled, self.high_water.get(kind, 0))
 
-    def largest_during(self, intervals: list[tuple[float, float]]) -> tuple[int, str]:
-        """(bytes, kind) of the largest process sampled within any of the intervals."""
-        best = (0, "")
+    def largest_during(self, intervals: list[tuple[float, float]]) -> tuple[int, str, int]:
+        """(bytes, kind) of the largest process sampled within any of the intervals, and the bytes
+        of the largest Airflow task process then."""
+        best, airflow = (0, ""), 0
         for when, largest in self.samples:
             if any(start <= when <= end for start, end in intervals):
+                airflow = max(airflow, largest.get(AIRFLOW, 0))
                 for kind, resident in largest.items():
                     best = max(best, (resident, kind))
-        return best
+        return (*best, airflow)
 
 
 @dataclass
@@ -147,7 +149,7 @@ class Measured:
     policies: int
     wall: float
     stages: dict[str, float]
-    stage_memory: dict[str, tuple[int, str]]
+    stage_memory: dict[str, tuple[int, str, int]]  # stage -> largest (bytes, kind), Airflow task bytes
     peaks: dict[str, int]  # kind -> bytes, whole run
     load: float  # median 1-minute load average during the run
     test_auc: float | None
@@ -224,10 +226,15 @@ def print_tables(results: list[Measured]) -> None:
     table("Seconds (task time of each stage) and growth exponent between sizes (1 = linear)",
           ["stage", *sizes, *(f"exp {step}" for step in steps)], rows)
 
-    rows = [[stage, *(mib(*r.stage_memory.get(stage, (0, ""))) for r in results)] for stage in stages]
+    def stage_cell(result: Measured, stage: str) -> str:
+        largest, kind, airflow = result.stage_memory.get(stage, (0, "", 0))
+        return f"{mib(largest, kind)} / {mib(airflow)}"
+
+    rows = [[stage, *(stage_cell(r, stage) for r in results)] for stage in stages]
     rows += [[f"whole run, largest {kind} process", *(mib(r.peaks[kind]) for r in results)] for kind in KIND_MARKS]
     legend = ", ".join(f"{mark}: {kind}" for kind, mark in KIND_MARKS.items())
-    table(f"Peak RSS (MiB) of the largest process while each stage ran ({legend})", ["stage", *sizes], rows)
+    table(f"Peak RSS (MiB) while each stage ran: the largest process ({legend}) / the largest Airflow task process",
+          ["stage", *sizes], rows)
 
 
 def check_targets(results: list[Measured]) -> None:
