@@ -68,39 +68,50 @@ def raw_files(policies: int) -> dict[str, Path]:
     return files
 
 
-def memory(pid: int) -> tuple[int, int]:
-    """(resident, peak resident) bytes of a process, from /proc; (0, 0) when it is gone."""
-    values = {}
+def resident_bytes(pid: int) -> int:
+    """VmRSS of a process, from /proc; 0 when it is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    name, amount, _ = line.split()
-                    values[name] = int(amount) * 1024
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
-        return 0, 0
-    return values.get("VmRSS:", 0), values.get("VmHWM:", 0)
+        pass
+    return 0
 
 
-def descendants(process: psutil.Process | None) -> list[int]:
-    try:
-        return [child.pid for child in process.children(recursive=True)] if process else []
-    except psutil.NoSuchProcess:
-        return []
+def process_tree() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, command line) of every process, in one pass."""
+    return {process.pid: (process.info["ppid"], process.info["cmdline"] or [])
+            for process in psutil.process_iter(["ppid", "cmdline"])}
+
+
+def subtree(tree: dict[int, tuple[int, list[str]]], root: int) -> set[int]:
+    """The descendants of `root` in `tree`, leaving out forks that have not run their command yet:
+    such a child has its parent's command line, and shares (vfork) or copies its memory, so /proc
+    shows it as large as the parent."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in tree.items():
+        children.setdefault(parent, []).append(pid)
+    found: set[int] = set()
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return {pid for pid in found if tree[pid][1] != tree.get(tree[pid][0], (0, None))[1]}
 
 
 @dataclass
 class MemorySampler:
     """Every SAMPLE_SECONDS, the largest resident memory of each kind of process of the run (the
-    server, its jobs, the Airflow task processes: this process's other descendants) and the
-    1-minute load average. The whole-run peak of jobs and Airflow task processes also takes their
-    kernel high-water mark (VmHWM), which catches peaks between samples; the server's covers
-    its whole life, earlier runs included, so it is left out."""
+    server, its jobs, the Airflow task processes: this process's other descendants), from one
+    snapshot of the process tree, and the 1-minute load average."""
 
     server: psutil.Process | None
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
-    high_water: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> MemorySampler:
@@ -113,24 +124,21 @@ class MemorySampler:
         self._thread.join()
 
     def _run(self) -> None:
-        own = psutil.Process()
+        own = os.getpid()
         while not self._stop.wait(SAMPLE_SECONDS):
-            jobs = descendants(self.server)
-            server_tree = set(jobs) | ({self.server.pid} if self.server else set())
-            kinds = [(pid, JOB) for pid in jobs] + [(self.server.pid, SERVER)] * bool(self.server)
-            kinds += [(pid, AIRFLOW) for pid in descendants(own) if pid not in server_tree]
+            tree = process_tree()
+            server = self.server.pid if self.server and self.server.pid in tree else None
+            jobs = subtree(tree, server) if server else set()
+            kinds = [(pid, JOB) for pid in jobs] + ([(server, SERVER)] if server else [])
+            kinds += [(pid, AIRFLOW) for pid in subtree(tree, own) - jobs - {server}]
             largest: dict[str, int] = {}
             for pid, kind in kinds:
-                resident, peak = memory(pid)
-                largest[kind] = max(largest.get(kind, 0), resident)
-                if kind != SERVER:
-                    self.high_water[kind] = max(self.high_water.get(kind, 0), peak)
+                largest[kind] = max(largest.get(kind, 0), resident_bytes(pid))
             self.samples.append((time.time(), largest))
             self.loads.append(os.getloadavg()[0])
 
     def peak(self, kind: str) -> int:
-        sampled = max((largest.get(kind, 0) for _, largest in self.samples), default=0)
-        return max(sampled, self.high_water.get(kind, 0))
+        return max((largest.get(kind, 0) for _, largest in self.samples), default=0)
 
     def largest_during(self, intervals: list[tuple[float, float]]) -> tuple[int, str, int]:
         """(bytes, kind) of the largest process sampled within any of the intervals, and the bytes
