@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-stack clean up down status logs aws-infra
+.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-scale bench-stack clean up down status logs aws-infra
 
 venv: $(VENV)/.installed
 
@@ -98,6 +98,11 @@ bench-run: venv
 ## Feature Store ingestion records/s; POLICIES="5000 50000" for more sizes.
 bench-ingest: venv
 	$(BIN)/python -m include.bench_ingest $(POLICIES)
+
+## The DAG on generated data of growing size (SIZES policies): seconds, peak RSS and growth exponent per stage.
+SIZES ?= 5000 50000 200000 1000000
+bench-scale: venv
+	$(BIN)/python -m include.bench_scale $(SIZES)
 
 ## Worker-slot seconds of each task under the dev stack, FRAUD_DEFERRABLE off and on (stacks of its own).
 bench-stack: venv

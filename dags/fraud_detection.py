@@ -286,6 +286,7 @@ with DAG(
                     event_time=RUN_EPOCH,
                     instance_type=param("processing_instance_type"),
                     instance_count=param("processing_instance_count"),
+                    parts=param("ingest_instance_count"),
                     # The claims' check that every policy has its customer reads the raw customers.
                     customers_uri=SETTINGS.raw_data_uri("customers", PREFIX) if dataset == "claims" else None,
                 ),

@@ -268,6 +268,16 @@ class Model:
         return column.values[low] + fraction * (column.values[high] - column.values[low])
 
 
+def output_dir_of(policies: int, seed: int) -> Path:
+    """Where `make data` writes the files of `policies` policies drawn with `seed`."""
+    return GENERATED_DIR / f"policies-{policies}-seed-{seed}"
+
+
+def raw_files(output_dir: Path) -> dict[str, Path]:
+    """The raw CSV of each dataset in a folder of generated data."""
+    return {dataset: output_dir / f"{dataset}.csv" for dataset in schema.RAW_COLUMNS}
+
+
 def write(model: Model, policies: int, seed: int, output_dir: Path, chunk_rows: int = CHUNK_ROWS) -> dict[str, Path]:
     """claims.csv and customers.csv of `policies` new policies in output_dir, chunk by chunk.
 
@@ -277,7 +287,7 @@ def write(model: Model, policies: int, seed: int, output_dir: Path, chunk_rows: 
         raise ValueError(f"policies must be a positive integer, got {policies}")
     output_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    targets = {dataset: output_dir / f"{dataset}.csv" for dataset in schema.RAW_COLUMNS}
+    targets = raw_files(output_dir)
     partials = {dataset: output_dir / f".{dataset}.csv.partial" for dataset in schema.RAW_COLUMNS}
     handles = {dataset: path.open("w", newline="") for dataset, path in partials.items()}
     try:
@@ -306,7 +316,7 @@ def main(argv: list[str]) -> None:
         parser.error(f"--policies must be a positive integer, got {args.policies}")
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
-    output_dir = args.output_dir or GENERATED_DIR / f"policies-{args.policies}-seed-{args.seed}"
+    output_dir = args.output_dir or output_dir_of(args.policies, args.seed)
     targets = write(Model(read_seed()), args.policies, args.seed, output_dir.resolve())
     print(f"wrote {args.policies:,} policies to {output_dir}")
     conf = {"claims_file": str(targets["claims"]), "customers_file": str(targets["customers"])}

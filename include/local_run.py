@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -128,13 +128,26 @@ def latest_run_id(database: Path) -> tuple[int, str] | None:
     return rows[0] if rows else None
 
 
-def task_states(database: Path, run_id: str) -> dict[str, tuple[str | None, float | None]]:
-    rows = _query(
+def _task_rows(database: Path, run_id: str) -> list[tuple]:
+    return _query(
         database,
         "SELECT task_id, state, start_date, end_date FROM task_instance WHERE dag_id = ? AND run_id = ?",
         DAG_ID, run_id,
     )
-    return {task_id: (state, _seconds(start, end)) for task_id, state, start, end in rows}
+
+
+def task_states(database: Path, run_id: str) -> dict[str, tuple[str | None, float | None]]:
+    return {task_id: (state, _seconds(start, end)) for task_id, state, start, end in _task_rows(database, run_id)}
+
+
+def task_intervals(database: Path, run_id: str) -> dict[str, tuple[float, float]]:
+    """(start, end) of each task that ran to an end, as epoch seconds (Airflow stores UTC)."""
+    def epoch(text: str) -> float:
+        moment = datetime.fromisoformat(text)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+    return {task_id: (epoch(start), epoch(end)) for task_id, _, start, end in _task_rows(database, run_id)
+            if start and end}
 
 
 def xcom(database: Path, run_id: str, task_id: str) -> Any:

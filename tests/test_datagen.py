@@ -161,7 +161,7 @@ def test_generated_files_pass_the_data_prep_job(tmp_path: Path, model: datagen.M
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert job.returncode == 0, job.stderr
-        assert len((tmp_path / "processed" / f"{dataset}.csv").read_text().splitlines()) == 2_001
+        assert len((tmp_path / "processed" / f"{dataset}-part-00000.csv").read_text().splitlines()) == 2_001
 
 
 def test_memory_does_not_grow_with_the_number_of_policies(tmp_path: Path, model: datagen.Model) -> None:

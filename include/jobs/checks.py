@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 INTEGER_PATTERN = re.compile(r"[+-]?\d+")
@@ -59,28 +60,65 @@ def bad_values(column: str, problem: str, values: Sequence[str], rows: Sequence[
     return f"column {column} has {problem} {listing(repr(value) for value in distinct)} {at_rows(rows)}"
 
 
-def read_csv_rows(path: Path, header: bool = True) -> tuple[list[str], list[list[str]]]:
-    """The header (empty if header=False) and the data rows of a CSV file, every row complete."""
+def csv_rows(path: Path, header: bool = True) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header (empty if header=False) and an iterator of (data row number, row), streamed in
+    bounded memory. Empty lines are skipped; rows with another number of fields than the header
+    (or the first row) are not yielded but named, all of them, in the InvalidInput raised when
+    the iteration ends, as is a file without data rows. A byte that is not UTF-8 or a malformed
+    CSV raises InvalidInput when it is reached."""
     if not path.is_file():
         raise InvalidInput(f"{path.name}: file not found in {path.parent}")
-    data = path.read_bytes()
-    try:
-        rows = [row for row in csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")) if row]
-    except UnicodeDecodeError as error:
-        raise InvalidInput(f"{path.name}: not UTF-8 text {undecodable_cell(data, error.start, header)}") from None
-    except csv.Error as error:
-        raise InvalidInput(f"{path.name}: not a CSV file ({error})") from None
-    if not rows:
+    records = _records(path, header)
+    first = next(records, None)
+    if first is None:
         raise InvalidInput(f"{path.name}: the file is empty")
-    names = rows.pop(0) if header else []
-    if not rows:
-        raise InvalidInput(f"{path.name}: no data rows")
-    width = len(names) if header else len(rows[0])
-    ragged = [number for number, row in enumerate(rows, 1) if len(row) != width]
+    names = first if header else []
+    data = records if header else itertools.chain([first], records)
+    return names, _complete_rows(path.name, data, len(first), header)
+
+
+def _complete_rows(name: str, rows: Iterator[list[str]], width: int,
+                   header: bool) -> Iterator[tuple[int, list[str]]]:
+    ragged: list[int] = []
+    number = 0
+    for number, row in enumerate(rows, 1):
+        if len(row) == width:
+            yield number, row
+        else:
+            ragged.append(number)
+    if number == 0:
+        raise InvalidInput(f"{name}: no data rows")
     if ragged:
         expected = "the header has" if header else "the first row has"
-        raise InvalidInput(f"{path.name}: wrong number of fields {at_rows(ragged)} ({expected} {width})")
-    return names, rows
+        raise InvalidInput(f"{name}: wrong number of fields {at_rows(ragged)} ({expected} {width})")
+
+
+def _records(path: Path, header: bool) -> Iterator[list[str]]:
+    """The non-empty CSV records of a file, its lines decoded one at a time (a UTF-8 file never
+    has a newline byte inside a character)."""
+    with path.open("rb") as handle:
+        def lines() -> Iterator[str]:
+            offset = 0
+            for raw in handle:
+                try:
+                    yield raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+                except UnicodeDecodeError as error:
+                    at = offset + error.start
+                    handle.seek(0)
+                    where = undecodable_cell(handle.read(at), at, header)
+                    raise InvalidInput(f"{path.name}: not UTF-8 text {where}") from None
+                offset += len(raw)
+
+        try:
+            yield from (row for row in csv.reader(lines()) if row)
+        except csv.Error as error:
+            raise InvalidInput(f"{path.name}: not a CSV file ({error})") from None
+
+
+def read_csv_rows(path: Path, header: bool = True) -> tuple[list[str], list[list[str]]]:
+    """The header (empty if header=False) and the data rows of a CSV file, every row complete."""
+    names, rows = csv_rows(path, header)
+    return names, [row for _, row in rows]
 
 
 def undecodable_cell(data: bytes, offset: int, header: bool) -> str:

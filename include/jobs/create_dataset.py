@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import checks
+import numpy as np
 import pandas as pd
 import schema
 from checks import InvalidInput
@@ -34,8 +35,38 @@ def read_dataset(path: Path, header: bool) -> pd.DataFrame:
     """A dataset CSV (schema.DATASET_COLUMNS: label 0/1 first, then numeric features) as a frame.
 
     header=True: the file names its columns (any order); False: label first, schema order.
-    Integer columns come back as int64, others as float64.
+    Integer columns come back as int64, others as float64. pandas' parser reads it into numeric
+    columns; a file it cannot read as clean numbers is read again with every cell checked, so the
+    message names each problem (only then are its cells held as text).
     """
+    if header:
+        names, _ = checks.csv_rows(path)
+        checks.check_header(path.name, names, schema.DATASET_COLUMNS)
+    try:
+        dataset = pd.read_csv(path, header=0 if header else None, encoding="utf-8-sig",
+                              names=None if header else list(schema.DATASET_COLUMNS))
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return read_checked_dataset(path, header)
+    if not clean_numbers(dataset):
+        return read_checked_dataset(path, header)
+    if list(dataset.columns) != list(schema.DATASET_COLUMNS):
+        dataset = dataset[list(schema.DATASET_COLUMNS)]
+    dataset[schema.LABEL] = dataset[schema.LABEL].astype("int64")
+    return dataset
+
+
+def clean_numbers(dataset: pd.DataFrame) -> bool:
+    """Whether every cell is a finite number and every label 0 or 1 (column by column: no copy
+    of the whole frame)."""
+    return len(dataset) > 0 and all(
+        pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+        and bool(np.isfinite(column.to_numpy()).all())
+        for _, column in dataset.items()
+    ) and bool(dataset[schema.LABEL].isin((0, 1)).all())
+
+
+def read_checked_dataset(path: Path, header: bool) -> pd.DataFrame:
+    """read_dataset with every cell checked as text: InvalidInput naming every problem."""
     names, rows = checks.read_csv_rows(path, header)
     if header:
         checks.check_header(path.name, names, schema.DATASET_COLUMNS)

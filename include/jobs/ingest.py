@@ -132,9 +132,10 @@ class Outcome:
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (position in the input, identifier, why)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def succeeded(self, event_time: float) -> None:
+    def succeeded(self, event_time: float, records: int = 1) -> None:
+        """`records` put, the earliest with this event time."""
         with self.lock:
-            self.put += 1
+            self.put += records
             self.min_event_time = event_time if self.min_event_time is None else min(self.min_event_time, event_time)
 
     def fail(self, position: int, identifier: str, why: str) -> None:
@@ -258,7 +259,7 @@ class OfflineWriter:
         )
         self.pending: dict[str, list[tuple[dict[str, Any], float]]] = {}
         self.writers: dict[str, tuple[Path, pq.ParquetWriter]] = {}
-        self.written: list[tuple[str, float]] = []  # (partition, event time) of rows in files
+        self.written: list[tuple[int, float]] = []  # (rows, earliest event time) of each row group
 
     def write(self, record: dict[str, str], position: int) -> None:
         identifier = record[self.group.record_identifier]
@@ -287,7 +288,7 @@ class OfflineWriter:
                     pa.array([now_ms] * len(rows), type=pa.int64()).cast(MILLIS),
                     pa.array([False] * len(rows), type=pa.bool_())]
         self.writers[partition][1].write_table(pa.Table.from_arrays(columns, schema=self.schema))
-        self.written += [(partition, event_time) for _, event_time in rows]
+        self.written.append((len(rows), min(event_time for _, event_time in rows)))
 
     def close(self, complete: bool) -> None:
         """Finish the files; upload them only when every record was read and none failed."""
@@ -302,8 +303,8 @@ class OfflineWriter:
         for partition, (path, _) in self.writers.items():
             key = f"{prefix}/{partition}/{stamp:%Y%m%dT%H%M%SZ}_{secrets.token_hex(8)}.parquet"
             self.s3.upload_file(str(path), bucket, key)
-        for _, event_time in self.written:
-            self.outcome.succeeded(event_time)
+        for records, event_time in self.written:
+            self.outcome.succeeded(event_time, records)
 
 
 def current_host() -> str:

@@ -258,7 +258,7 @@ def processed_rows(work: Path, dataset: str) -> list[dict[str, str]]:
          "--input-dir", str(REPO_ROOT / "data"), "--output-dir", str(work)],
         check=True, capture_output=True,
     )
-    with (work / f"{dataset}.csv").open(newline="") as handle:
+    with (work / f"{dataset}-part-00000.csv").open(newline="") as handle:  # the one part: --parts 1
         return list(csv.DictReader(handle))
 
 

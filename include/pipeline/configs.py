@@ -224,14 +224,17 @@ def preprocess_job(
     event_time: str,
     instance_type: str,
     instance_count: str | int,
+    parts: str | int,
     customers_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The Data Wrangler transforms of one raw CSV, in the scikit-learn container. With
-    `customers_uri` (the raw customers CSV, for the claims), the job also checks that every
-    claim's policy has its customer, before anything reaches the feature store."""
+    """The Data Wrangler transforms of one raw CSV, in the scikit-learn container, written as
+    `parts` files (the ingest job's instance count: its ShardedByS3Key input then gives each
+    instance one). With `customers_uri` (the raw customers CSV, for the claims), the job also
+    checks that every claim's policy has its customer, before anything reaches the feature store."""
     raw_dir = f"{PROCESSING_ROOT}/input/raw"
     inputs = [processing_input("raw", raw_uri, raw_dir)]
-    arguments = ["--dataset", dataset, "--input-dir", raw_dir, "--output-dir", OUTPUT_DIR, "--event-time", event_time]
+    arguments = ["--dataset", dataset, "--input-dir", raw_dir, "--output-dir", OUTPUT_DIR, "--event-time", event_time,
+                 "--parts", str(parts)]
     if customers_uri is not None:
         customers_dir = f"{PROCESSING_ROOT}/input/customers"
         inputs.append(processing_input("customers", customers_uri, customers_dir))

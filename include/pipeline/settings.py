@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from include.pipeline.images import image_uri
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS_DIR = REPO_ROOT / "include" / "jobs"
 DATA_DIR = REPO_ROOT / "data"
@@ -118,14 +120,11 @@ class Settings:
             ingest_workers=_env_int(environ, "FRAUD_INGEST_WORKERS", defaults.ingest_workers),
         )
 
-    # Image URIs are resolved per region by the SageMaker SDK (no AWS call: a bundled table).
     def image_uri(self, framework: str) -> str:
         """The URI of a SageMaker image ("sklearn", "xgboost" or "clarify") in this region, from
-        the SageMaker SDK. The DAGs call it when a task runs, as the `sagemaker_image` macro:
-        importing the SDK takes over a second, which every parse of a DAG file would pay."""
-        from sagemaker.core import image_uris
-
-        return image_uris.retrieve(framework=framework, region=self.region, version=IMAGE_VERSIONS[framework])
+        the SageMaker SDK's tables (include/pipeline/images.py). The DAGs call it when a task
+        runs, as the `sagemaker_image` macro."""
+        return image_uri(framework, self.region, IMAGE_VERSIONS[framework])
 
     def raw_data_uri(self, dataset: str, prefix: str | None = None) -> str:
         """Where the raw CSV of "claims" or "customers" lives in S3: the raw-data asset."""

@@ -167,6 +167,11 @@ def _recorded_process(path: Path) -> psutil.Process | None:
         return None
 
 
+def service_process(config: StackConfig, name: str) -> psutil.Process | None:
+    """The running process of a service started with its PID file (make up, make run), or None."""
+    return _recorded_process(pid_file(config, name))
+
+
 def _pid_files(config: StackConfig) -> Iterator[tuple[str, Path]]:
     for service in SERVICES:
         path = pid_file(config, service.name)

@@ -55,7 +55,7 @@ def athena_result(tmp_path_factory) -> Path:
     """What the dataset query returns on the real data: one row per policy, header, schema columns."""
     folder = tmp_path_factory.mktemp("athena")
     frames = {
-        dataset: pd.read_csv(preprocess.preprocess(dataset, DATA_DIR, folder / "processed", 1.0))
+        dataset: pd.read_csv(*preprocess.preprocess(dataset, DATA_DIR, folder / "processed", 1.0))
         for dataset in ("claims", "customers")
     }
     joined = frames["claims"].merge(frames["customers"], on=schema.RECORD_IDENTIFIER, how="left")

@@ -29,6 +29,7 @@ from tests.localcloud.test_athena import finish, rows_of
 from tests.localcloud.test_featurestore import offline_objects, wait_for
 
 RECORDS = 120
+EVENT_TIME = 1_700_000_000.0
 SETTINGS = Settings(bucket="ingest-tests")
 RESULTS = f"s3://{SETTINGS.bucket}/athena/"
 
@@ -36,12 +37,17 @@ RESULTS = f"s3://{SETTINGS.bucket}/athena/"
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     """The first RECORDS processed claims (the preprocess job's output), as CSV rows."""
-    folder = tmp_path_factory.mktemp("processed")
-    raw = (DATA_DIR / "claims.csv").read_text().splitlines()[: RECORDS + 1]
-    (folder / "claims.csv").write_text("\n".join(raw) + "\n")
-    output = preprocess.preprocess("claims", folder, folder / "out", 1_700_000_000.0)
+    folder = raw_claims(tmp_path_factory.mktemp("processed"))
+    (output,) = preprocess.preprocess("claims", folder, folder / "out", EVENT_TIME)
     with output.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def raw_claims(folder: Path) -> Path:
+    """A folder holding claims.csv: the first RECORDS raw claims."""
+    raw = (DATA_DIR / "claims.csv").read_text().splitlines()[: RECORDS + 1]
+    (folder / "claims.csv").write_text("\n".join(raw) + "\n")
+    return folder
 
 
 def write_records(folder: Path, rows: list[dict[str, str]], name: str = "claims.csv") -> Path:
@@ -222,16 +228,16 @@ def test_bad_arguments_and_files_are_named(aws, ingest, processed, tmp_path) -> 
 
 
 def test_the_job_of_two_instances_ingests_a_shard_on_each(aws, processed, tmp_path) -> None:
-    """The DAG's ingest job request, 2 instances: each host puts its own files' records."""
+    """The DAG's ingest job request, 2 instances, on data prep's 2 part files: each host puts
+    the records of its own file, half of them."""
     group = make_group(aws, "ingest-sharded")
     layout = RunLayout(f"s3://{SETTINGS.bucket}/sharded")
     s3, sagemaker = aws("s3"), aws("sagemaker")
     for script in JOBS_DIR.glob("*.py"):
         s3.upload_file(str(script), SETTINGS.bucket, f"sharded/code/{script.name}")
     bucket, prefix = layout.processed("claims").removeprefix("s3://").split("/", 1)
-    for part in range(3):
-        path = write_records(tmp_path / f"part-{part}", processed[part::3], f"part-{part}.csv") / f"part-{part}.csv"
-        s3.upload_file(str(path), bucket, f"{prefix}part-{part}.csv")
+    for path in preprocess.preprocess("claims", raw_claims(tmp_path), tmp_path / "out", EVENT_TIME, parts=2):
+        s3.upload_file(str(path), bucket, f"{prefix}{path.name}")
     request = configs.ingest_job(SETTINGS, layout, name="ingest-sharded-job", dataset="claims",
                                  feature_group_name=group["FeatureGroupName"], mode="online_and_offline",
                                  instance_type="ml.m5.large", instance_count=2)
@@ -244,9 +250,8 @@ def test_the_job_of_two_instances_ingests_a_shard_on_each(aws, processed, tmp_pa
     bucket, prefix = layout.ingestion("claims").removeprefix("s3://").split("/", 1)
     summaries = {host: json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}{host}.json")["Body"].read())
                  for host in ("algo-1", "algo-2")}
-    # ShardedByS3Key: algo-1 has part-0 and part-2, algo-2 part-1.
-    assert summaries["algo-1"]["Put"] == len(processed[0::3]) + len(processed[2::3])
-    assert summaries["algo-2"]["Put"] == len(processed[1::3])
+    # ShardedByS3Key: algo-1 has part 0 (rows 1, 3, ...), algo-2 part 1.
+    assert summaries["algo-1"]["Put"] == summaries["algo-2"]["Put"] == RECORDS // 2
     assert sum(s["Records"] for s in summaries.values()) == RECORDS
     runtime = aws("sagemaker-featurestore-runtime")
     for row in processed[:5]:

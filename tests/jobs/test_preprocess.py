@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import math
+import tracemalloc
 from pathlib import Path
 
 import preprocess
@@ -51,7 +53,7 @@ def run_preprocess(run_job, tmp_path: Path, dataset: str, rows: list[list[object
         "preprocess", "--dataset", dataset, "--input-dir", tmp_path / "raw", "--output-dir", tmp_path / "out",
         "--event-time", EVENT_TIME,
     )  # fmt: skip
-    return process, tmp_path / "out" / f"{dataset}.csv"
+    return process, tmp_path / "out" / f"{dataset}-part-00000.csv"
 
 
 def records(path: Path) -> list[dict[str, str]]:
@@ -147,7 +149,7 @@ def test_every_one_hot_level_gets_a_column_even_when_absent(run_job, tmp_path):
 
 @pytest.mark.parametrize(("dataset", "width"), [("claims", 31), ("customers", 19)])
 def test_full_data_files(tmp_path, dataset, width):
-    output = preprocess.preprocess(dataset, DATA_DIR, tmp_path, EVENT_TIME)
+    (output,) = preprocess.preprocess(dataset, DATA_DIR, tmp_path, EVENT_TIME)
     header, *rows = read_csv(output)
     assert len(header) == width
     assert len(rows) == 5000
@@ -173,7 +175,7 @@ def test_default_directories_follow_the_container_contract(run_job, tmp_path):
     )
     process = run_job("preprocess", "--dataset", "customers")
     assert process.returncode == 0, process.stderr
-    output = tmp_path / "opt-ml" / "processing" / "output" / "customers.csv"
+    output = tmp_path / "opt-ml" / "processing" / "output" / "customers-part-00000.csv"
     assert len(read_csv(output)) == 3
     assert float(records(output)[0]["event_time"]) > 1_600_000_000  # now, by default
 
@@ -303,3 +305,33 @@ def test_missing_input_file_and_bad_event_time(run_job, tmp_path):
     process = run_job("preprocess", "--dataset", "customers", "--event-time", "-1")
     assert process.returncode == 1
     assert "--event-time" in process.stderr
+
+
+def test_parts_deal_the_rows_in_turn(tmp_path):
+    """Each part file has the header and every third row: the ingest job's ShardedByS3Key input
+    gives each of its instances one part."""
+    (whole,) = preprocess.preprocess("claims", DATA_DIR, tmp_path / "one", EVENT_TIME)
+    parts = preprocess.preprocess("claims", DATA_DIR, tmp_path / "three", EVENT_TIME, parts=3)
+    assert [path.name for path in parts] == [f"claims-part-0000{n}.csv" for n in range(3)]
+    header, *rows = read_csv(whole)
+    for number, path in enumerate(parts):
+        assert read_csv(path) == [header, *rows[number::3]]
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == [p.name for p in parts]
+
+
+def test_a_good_file_is_streamed_in_bounded_memory(tmp_path):
+    """40,000 rows pass without being held: Python's peak allocation stays far below the ~40 MB
+    that their cells alone take."""
+    header, *rows = read_csv(DATA_DIR / "claims.csv")
+    with (tmp_path / "claims.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows([str(n + 1), *rows[n % len(rows)][1:]] for n in range(40_000))
+    tracemalloc.start()
+    try:
+        (output,) = preprocess.preprocess("claims", tmp_path, tmp_path / "out", EVENT_TIME)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert sum(1 for _ in output.open()) == 40_001

@@ -18,14 +18,14 @@ def s3_input(name: str, uri: str, local_path: str) -> dict:
 
 
 def run_preprocess_job(sagemaker, name: str, raw_prefix: str, dataset: str = "customers",
-                       customers_prefix: str | None = None) -> dict:
+                       customers_prefix: str | None = None, parts: int = 1) -> dict:
     """preprocess.py with its default directories, the code input being the whole include/jobs folder;
     with `customers_prefix`, the claims' check against the raw customers."""
     inputs = [
         s3_input("code", f"s3://{BUCKET}/code/", "/opt/ml/processing/input/code"),
         s3_input("raw", f"s3://{BUCKET}/{raw_prefix}", "/opt/ml/processing/input/raw"),
     ]
-    arguments = ["--dataset", dataset, "--event-time", "1700000000"]
+    arguments = ["--dataset", dataset, "--event-time", "1700000000", "--parts", str(parts)]
     if customers_prefix is not None:
         inputs.append(s3_input("customers", f"s3://{BUCKET}/{customers_prefix}", "/opt/ml/processing/input/customers"))
         arguments += ["--customers-dir", "/opt/ml/processing/input/customers"]
@@ -75,15 +75,14 @@ def test_preprocess_runs_as_a_processing_job(aws):
     bad_rows = [raw[0], raw[1], raw[2].replace(",Male,", ",Robot,")]
     s3.put_object(Bucket=BUCKET, Key="bad/customers.csv", Body="\n".join(bad_rows) + "\n")
 
-    job = run_preprocess_job(sagemaker, "jobcode-preprocess-good", "raw/")
+    job = run_preprocess_job(sagemaker, "jobcode-preprocess-good", "raw/", parts=2)
     assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
-    body = (
-        s3.get_object(Bucket=BUCKET, Key="output/jobcode-preprocess-good/customers.csv")["Body"]
-        .read()
-        .decode()
-    )
-    lines = body.splitlines()
-    assert len(lines) == 21 and lines[0].startswith("policy_id,customer_age,")
+    prefix = "output/jobcode-preprocess-good/"
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
+    assert keys == [f"{prefix}customers-part-00000.csv", f"{prefix}customers-part-00001.csv"]
+    for key in keys:  # the 20 rows dealt in turn
+        lines = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+        assert len(lines) == 11 and lines[0].startswith("policy_id,customer_age,")
 
     job = run_preprocess_job(sagemaker, "jobcode-preprocess-bad", "bad/")
     assert job["ProcessingJobStatus"] == "Failed"

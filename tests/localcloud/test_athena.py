@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from include.localcloud.athena import responses as athena_responses
 from include.localcloud.server import LocalCloud
 from tests.conftest import make_client
 from tests.localcloud.test_featurestore import claim, create_group, record, wait_for
@@ -234,6 +235,19 @@ def test_paging_typed_columns_and_result_csv(aws, bucket) -> None:
     assert lines_out[1] == '"0","name 0, ""quoted""",,"2024-01-01","0"'  # NULL unquoted and empty
     assert list(csv.reader(io.StringIO(body)))[1:] == [[v or "" for v in row] for row in all_rows[1:]]
     assert s3.head_object(Bucket=BUCKET, Key=f"{key}.metadata")["ContentLength"] > 0
+
+
+def test_large_results_are_not_kept_in_memory(aws, bucket, monkeypatch) -> None:
+    """A result over the cache's budget is read back from its output location when paged: a
+    dataset query's may be gigabytes, and the server must not keep it (here, with a budget of 1
+    byte, deleting the CSV shows where the pages come from)."""
+    monkeypatch.setattr(athena_responses, "CACHED_RESULT_BYTES", 1)
+    athena, s3 = aws("athena"), aws("s3")
+    done = finish(athena, start(athena, "SELECT 'not kept' AS word"))
+    assert rows_of(athena, done["QueryExecutionId"]) == [["word"], ["not kept"]]
+    s3.delete_object(Bucket=BUCKET, Key=done["ResultConfiguration"]["OutputLocation"][len(f"s3://{BUCKET}/"):])
+    with pytest.raises(ClientError, match="Unable to read the results"):
+        athena.get_query_results(QueryExecutionId=done["QueryExecutionId"])
 
 
 def test_delimited_text_partitions_and_nested_names(aws, bucket) -> None:

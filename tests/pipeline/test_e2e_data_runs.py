@@ -122,6 +122,7 @@ def test_an_offline_only_run_builds_the_dataset_from_the_batch_written_offline_s
         assert described["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
         summaries = [json.loads(read_s3(aws, f"{layout.ingestion(dataset)}{host}.json")) for host in ("algo-1", "algo-2")]
         assert sum(summary["Put"] for summary in summaries) == 5000
+        assert all(summary["Put"] == 2500 for summary in summaries)  # data prep's 2 parts: one per host
         assert {summary["Mode"] for summary in summaries} == {"offline_only"}
         record = aws("sagemaker-featurestore-runtime").get_record(
             FeatureGroupName=f"{prefix}-{dataset}", RecordIdentifierValueAsString="1"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -473,10 +474,8 @@ class QueryResult:
         columns = [column.to_pylist() for column in self.table.slice(start, max(count, 0)).columns]
         return [list(row) for row in zip(*columns, strict=True)]
 
-    def to_csv(self) -> bytes:
-        sink = io.BytesIO()
-        pacsv.write_csv(self.table, sink, pacsv.WriteOptions(quoting_style="all_valid"))
-        return sink.getvalue()
+    def write_csv(self, path: Path) -> None:
+        pacsv.write_csv(self.table, str(path), pacsv.WriteOptions(quoting_style="all_valid"))
 
     def metadata(self) -> bytes:
         # Athena's own .metadata file is binary; ours carries the same facts as JSON.

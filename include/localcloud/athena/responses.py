@@ -6,12 +6,14 @@ Athena's, in the output location as <id>.csv and <id>.csv.metadata."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -39,7 +41,9 @@ QUERY = "athena-query"
 REQUEST_TOKEN = "athena-request-token"  # ClientRequestToken -> the query it started
 WORKGROUP = "primary"  # the only workgroup; like a new account's, it has no output location
 QUERY_THREADS = 2
-CACHED_RESULTS = 16
+# Results kept in memory for GetQueryResults, newest first, up to this many bytes; the others are
+# read back from their output location when asked for (a dataset query's may be gigabytes).
+CACHED_RESULT_BYTES = 64 * 2**20
 MAX_ROWS_PER_PAGE = 1000
 UNFINISHED = ("QUEUED", "RUNNING")
 ENGINE_VERSION = {"SelectedEngineVersion": "AUTO", "EffectiveEngineVersion": "Athena engine version 3"}
@@ -253,7 +257,10 @@ class AthenaResponse(JsonService):
         bucket, key = split_s3_uri(location)
         s3 = self.cloud.client("s3", region)
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=result.to_csv())
+            with tempfile.TemporaryDirectory(prefix="athena-result-") as folder:
+                path = Path(folder) / "result.csv"
+                result.write_csv(path)
+                s3.upload_file(str(path), bucket, key)  # from the file, in parts: never one body in memory
             s3.put_object(Bucket=bucket, Key=f"{key}.metadata", Body=result.metadata())
         except ClientError as exc:
             raise QueryFailed(f"Unable to write query results to {location}: {exc}", 401) from None
@@ -277,9 +284,11 @@ class AthenaResponse(JsonService):
         return result
 
     def _remember(self, query_id: str, result: QueryResult) -> None:
+        if result.table.nbytes > CACHED_RESULT_BYTES:
+            return
         with self._lock:
             self._results[query_id] = result
-            while len(self._results) > CACHED_RESULTS:
+            while sum(cached.table.nbytes for cached in self._results.values()) > CACHED_RESULT_BYTES:
                 self._results.popitem(last=False)
 
     # -- state -----------------------------------------------------------------------------
