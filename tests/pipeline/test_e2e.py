@@ -241,6 +241,9 @@ ACTIONS_NOT_USED_BY_THE_RUNS = {
                                                          "knows them",
     ("OfflineStoreQueries", "athena:StopQueryExecution"): "a query task killed while its query runs",
     ("FeatureGroups", "sagemaker:DeleteFeatureGroup"): "a feature group left CreateFailed, made again",
+    ("Jobs", "sagemaker:StopHyperParameterTuningJob"): "a retry stops the job its killed try left running",
+    ("Jobs", "sagemaker:StopProcessingJob"): "a retry stops the job its killed try left running",
+    ("Jobs", "sagemaker:StopTrainingJob"): "a retry stops the job its killed try left running",
     ("TrainingJobLogs", "logs:DescribeLogStreams"): "training logs tailed (FRAUD_PRINT_JOB_LOGS, off here)",
     ("TrainingJobLogs", "logs:GetLogEvents"): "training logs tailed (FRAUD_PRINT_JOB_LOGS, off here)",
 }

@@ -17,7 +17,7 @@ from fraud_operators.retries import DeterministicFailuresFailAtOnce
 
 from include.localcloud.sagemaker.jobs import LOCAL_CLOUD_STOPPED
 from include.pipeline import decisions
-from tests.localcloud.test_jobs import airflow_connection, put_script, s3, script_job  # noqa: F401 (fixtures)
+from tests.localcloud.test_jobs import put_script, s3, script_job  # noqa: F401 (fixtures)
 from tests.pipeline.test_decisions import DEFAULT_PARAMS
 
 POLICY = DeterministicFailuresFailAtOnce()
