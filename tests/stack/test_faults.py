@@ -24,7 +24,15 @@ from include.local_run import PIPELINE_SETTINGS
 from include.localcloud.sagemaker.jobs import LOCAL_CLOUD_STOPPED
 from include.stack.config import StackConfig, load_config
 from include.stack.supervisor import SERVICES, local_cloud_answers, pid_file, start_service
-from tests.stack.conftest import DAG_ID, ProcessStack, failed_task_logs, task_log, wait_for_dag, wait_for_run
+from tests.stack.conftest import (
+    DAG_ID,
+    PREFIX,
+    ProcessStack,
+    failed_task_logs,
+    task_log,
+    wait_for_dag,
+    wait_for_run,
+)
 
 # The task whose process is killed while it waits for its job, and that job.
 KILLED_TASK, KILLED_TASK_JOB = "dataset.split", re.compile(r"-split-")
@@ -96,7 +104,7 @@ def assert_retried_under_a_new_name(sagemaker: Any, killed: str) -> dict[str, An
 @pytest.mark.slow
 def test_a_run_survives_its_task_process_and_the_local_cloud_killed_during_jobs(tmp_path: Path) -> None:
     raw = datagen.write(datagen.Model(datagen.read_seed()), POLICIES, 0, tmp_path / "data")
-    conf = {"prefix": "faults", "tuning": False, "deploy": False, "ingest_mode": "offline_only",
+    conf = {"prefix": PREFIX, "tuning": False, "deploy": False, "ingest_mode": "offline_only",
             "claims_file": str(raw["claims"]), "customers_file": str(raw["customers"])}
     stack = ProcessStack.in_folder(tmp_path)
     stack.env.update(STACK_SETTINGS)
@@ -141,7 +149,7 @@ def test_a_run_survives_its_task_process_and_the_local_cloud_killed_during_jobs(
         assert (described["ProcessingJobStatus"], described["FailureReason"]) == ("Failed", LOCAL_CLOUD_STOPPED)
         assert_retried_under_a_new_name(sagemaker, interrupted)
 
-        packages = sagemaker.list_model_packages(ModelPackageGroupName="faults")["ModelPackageSummaryList"]
+        packages = sagemaker.list_model_packages(ModelPackageGroupName=PREFIX)["ModelPackageSummaryList"]
         of_run = [p for p in packages if sagemaker.describe_model_package(ModelPackageName=p["ModelPackageArn"])
                   .get("CustomerMetadataProperties", {}).get("run_id") == run_id]
         assert len(of_run) == 1
