@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -55,18 +56,29 @@ def airflow_connection(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
 
-@pytest.fixture(autouse=True)
-def _keep_session_moto_state() -> Iterator[None]:
+@contextmanager
+def moto_state_kept(start_empty: bool = False) -> Iterator[None]:
     """moto's backends are global to the process: a LocalCloud that a test starts again on its own
     state folder restores its snapshot over them. Give the session cloud its own back afterwards
-    (the account's backend objects themselves, so nothing is copied)."""
+    (the account's backend objects themselves, so nothing is copied); with start_empty, what runs
+    inside starts from none of it."""
     saved = {}
     for name in PERSISTED_SERVICES:
         backends = get_backend(name)  # type: ignore[call-overload]
         backends[ACCOUNT_ID]  # noqa: B018 - made on first use; kept so the restore keeps it too
         saved[name] = dict(backends)
-    yield
-    for name, accounts in saved.items():
-        backends = get_backend(name)  # type: ignore[call-overload]
-        backends.clear()
-        backends.update(accounts)
+        if start_empty:
+            backends.clear()
+    try:
+        yield
+    finally:
+        for name, accounts in saved.items():
+            backends = get_backend(name)  # type: ignore[call-overload]
+            backends.clear()
+            backends.update(accounts)
+
+
+@pytest.fixture(autouse=True)
+def _keep_session_moto_state() -> Iterator[None]:
+    with moto_state_kept():
+        yield

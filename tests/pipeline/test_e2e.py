@@ -34,6 +34,7 @@ from include.pipeline.configs import RunLayout, short_hash
 from include.pipeline.settings import Settings
 from include.stack.infra import Infra, deploy_local, local_connection, local_credentials
 from tests.airflow_env import DAGS_FOLDER
+from tests.conftest import moto_state_kept
 
 REGION = "us-east-1"
 PREFIX = "fraud-e2e"
@@ -56,7 +57,10 @@ DEPLOY_CONF = {"prefix": PREFIX, "endpoint_name": ENDPOINT}
 
 @pytest.fixture(scope="module")
 def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
-    with LocalCloud(tmp_path_factory.mktemp("enforcing"), port=0, iam="enforce") as running:
+    # A cloud of its own: none of the session cloud's stacks, roles or buckets (moto's state is
+    # global to the process), which earlier tests' deploys of the template leave there.
+    with moto_state_kept(start_empty=True), \
+            LocalCloud(tmp_path_factory.mktemp("enforcing"), port=0, iam="enforce") as running:
         yield running
 
 
