@@ -142,6 +142,15 @@ class Outcome:
         with self.lock:
             self.failed.append((position, identifier, why))
 
+    def add(self, other: Outcome) -> None:
+        """Another outcome (an ingesting process's) counted in this one."""
+        with self.lock:
+            self.records += other.records
+            self.unchanged += other.unchanged
+            self.failed += other.failed
+        if other.min_event_time is not None:
+            self.succeeded(other.min_event_time, other.put)
+
     def __getstate__(self) -> dict[str, Any]:  # an ingesting process's outcome, sent back: no lock
         return {name: value for name, value in vars(self).items() if name != "lock"}
 
@@ -347,8 +356,7 @@ def client_config(args: argparse.Namespace) -> Config:
 def ingest_stripe(group: Group, args: argparse.Namespace, stripe: tuple[int, int]) -> Outcome:
     """One process's share of online_and_offline ingestion (in a process of its own)."""
     runtime = boto3.client("sagemaker-featurestore-runtime", config=client_config(args))
-    outcome = ingest(group, args.mode, args.input_dir, runtime, None, args.workers, stripe)
-    return outcome
+    return ingest(group, args.mode, args.input_dir, runtime, None, args.workers, stripe)
 
 
 def ingest_in_processes(group: Group, args: argparse.Namespace) -> Outcome:
@@ -358,13 +366,7 @@ def ingest_in_processes(group: Group, args: argparse.Namespace) -> Outcome:
     with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
         stripes = [pool.submit(ingest_stripe, group, args, (index, args.processes)) for index in range(args.processes)]
         for stripe in stripes:
-            part = stripe.result()
-            total.records += part.records
-            total.put += part.put
-            total.unchanged += part.unchanged
-            total.failed += part.failed
-            if part.min_event_time is not None:
-                total.min_event_time = min(part.min_event_time, total.min_event_time or part.min_event_time)
+            total.add(stripe.result())
     return total
 
 
