@@ -27,7 +27,7 @@ from airflow.utils import db
 from botocore.config import Config
 
 from include.jobs import schema
-from include.localcloud.access.policy import any_match
+from include.localcloud.access.policy import any_match, as_list
 from include.localcloud.server import LocalCloud
 from include.pipeline.clarify import bias_metrics
 from include.pipeline.configs import RunLayout, short_hash
@@ -258,10 +258,6 @@ def role_statements(aws: Callable[..., Any], role_arn: str) -> list[dict[str, An
     iam, role = aws("iam"), role_arn.rsplit("/", 1)[1]
     return [statement for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
             for statement in iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]["Statement"]]
-
-
-def as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else value
 
 
 def statement_findings(sid: str, statement: dict[str, Any], used: dict[str, list[str]]) -> tuple[list[str], list[str]]:

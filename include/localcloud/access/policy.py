@@ -57,7 +57,7 @@ def _applies(statement: Mapping[str, Any], action: str, resource: str, context: 
 
 def any_match(patterns: str | list[str], value: str, ignore_case: bool = False) -> bool:
     """Does one of a statement's Action or Resource patterns (IAM wildcards) match `value`?"""
-    return any(_wildcard(pattern, ignore_case).fullmatch(value) for pattern in _as_list(patterns))
+    return any(_wildcard(pattern, ignore_case).fullmatch(value) for pattern in as_list(patterns))
 
 
 @lru_cache(maxsize=4096)
@@ -67,7 +67,8 @@ def _wildcard(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(regex, re.IGNORECASE if ignore_case else 0)
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A statement element that may be one value or a list of them, as a list."""
     return value if isinstance(value, list) else [value]
 
 
@@ -98,5 +99,5 @@ def _condition(operator: str, key: str, expected: Any, context: Mapping[str, str
         return False
     if actual is None:
         return if_exists or negated
-    matched = any(test(str(value), actual) for value in _as_list(expected))
+    matched = any(test(str(value), actual) for value in as_list(expected))
     return not matched if negated else matched
