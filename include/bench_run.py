@@ -28,10 +28,15 @@ VARIANTS = {
 }
 
 
+def stage_of(task_id: str) -> str:
+    """A task's stage: its task group (the task itself when in none)."""
+    return task_id.split(".")[0]
+
+
 def stage_seconds(task_seconds: dict[str, float]) -> dict[str, float]:
     stages: dict[str, float] = defaultdict(float)
     for task_id, seconds in task_seconds.items():
-        stages[task_id.split(".")[0]] += seconds
+        stages[stage_of(task_id)] += seconds
     return stages
 
 

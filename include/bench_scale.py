@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from include import datagen
-from include.bench_run import stage_seconds
+from include.bench_run import stage_of, stage_seconds
 from include.local_run import (
     DEFAULT_CONF,
     RunError,
@@ -179,7 +179,7 @@ def measure(config: StackConfig, policies: int) -> Measured:
     summary, _ = collect_results(config, run_id, state, seconds)
     intervals: dict[str, list[tuple[float, float]]] = {}
     for task_id, interval in task_intervals(airflow_home(config) / "airflow.db", run_id).items():
-        intervals.setdefault(task_id.split(".")[0], []).append(interval)
+        intervals.setdefault(stage_of(task_id), []).append(interval)
     return Measured(
         policies=policies,
         wall=wall,
