@@ -3,7 +3,10 @@
 For each size (policies; default 5,000, 50,000, 200,000 and 1,000,000) it makes the raw files when
 they are missing (`make data`, seed 0) and runs the DAG as `make run` does, from this one process
 against one local cloud: ingest_mode online_and_offline up to 50,000 policies, offline_only above,
-each run under a prefix of its own (feature groups of its own, so sizes never mix). Meanwhile a
+each run under a prefix of its own (feature groups of its own, so sizes never mix). The local cloud
+it starts does not enforce IAM: the template's policies grant the stack's one prefix, not these
+(enforcement's own cost is measured by `make bench-cloud`); stop a `make run` cloud first (`make
+down`), or its enforcement refuses the runs' prefixes. Meanwhile a
 thread samples the resident memory of every process of the run: the local cloud server, its job
 and model-server processes, and `airflow dags test` with whatever it starts (the Airflow task
 processes), and the load average. Then it prints per stage (task group) its task seconds at each
@@ -268,6 +271,7 @@ def main(argv: list[str]) -> int:
     if sizes[0] < 1:
         print(f"SIZES must be positive, got {sizes[0]}", file=sys.stderr)
         return 2
+    os.environ["LOCALCLOUD_IAM"] = ""  # see the module's docstring: the runs' prefixes are not the stack's
     config = load_config()
     results: list[Measured] = []
     status = 0
