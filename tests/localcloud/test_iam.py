@@ -373,6 +373,22 @@ def test_the_root_user_may_do_anything(enforced: LocalCloud) -> None:
     assert error_of(client(enforced, "iam", keys["AccessKeyId"], "wrong").list_users)["Code"] == "SignatureDoesNotMatch"
 
 
+def test_the_root_user_may_not_assume_a_role_as_aws_refuses_it(enforced: LocalCloud, user: Callable[..., Any]) -> None:
+    """Even a role whose trust policy names the account root: STS refuses the root user itself."""
+    keys = json.loads((enforced.state_dir / "root-credentials.json").read_text())
+    arn = role(enforced, {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"}, "Action": "sts:AssumeRole"}]})
+    root = client(enforced, "sts", keys["AccessKeyId"], keys["SecretAccessKey"])
+    with pytest.raises(ClientError) as raised:
+        root.assume_role(RoleArn=arn, RoleSessionName="root")
+    assert raised.value.response["Error"] == {
+        "Type": "Sender", "Code": "AccessDenied", "Message": "Roles may not be assumed by root accounts."}
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert root.get_caller_identity()["Account"] == ACCOUNT_ID  # the root user's other STS calls go
+    caller = user(allow("sts:AssumeRole", arn))("sts")  # a user of the account, trusted through the root
+    assert caller.assume_role(RoleArn=arn, RoleSessionName="user")["AssumedRoleUser"]["Arn"].endswith("/user")
+
+
 def test_presigned_urls_are_checked_like_signed_requests(enforced: LocalCloud, user: Callable[..., Any]) -> None:
     bucket = f"iam-{uuid.uuid4().hex[:8]}"
     enforced.client("s3").create_bucket(Bucket=bucket)
