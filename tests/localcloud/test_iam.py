@@ -21,6 +21,7 @@ from sagemaker.core import image_uris
 
 from include.localcloud.access.policy import Decision, evaluate
 from include.localcloud.server import ACCOUNT_ID, ALLOWED_ACTIONS_PATH, LocalCloud
+from tests.localcloud.test_featurestore import claim, create_group, offline_objects, wait_for
 
 REGION = "us-east-1"
 SKLEARN_IMAGE = image_uris.retrieve("sklearn", region=REGION, version="1.2-1")
@@ -306,6 +307,24 @@ def test_create_job_checks_pass_role_and_the_job_runs_under_its_role(
     assert job["ProcessingJobStatus"] == "Failed"
     assert job["FailureReason"].startswith("ClientError: Uploading ")  # the job's input fault: not retried
     assert "AccessDenied" in job["FailureReason"] and "s3:PutObject" in job["FailureReason"]
+
+
+def test_the_offline_store_is_written_as_the_feature_groups_role(enforced: LocalCloud) -> None:
+    """As SageMaker writes a group's offline store with the group's RoleArn: files land where the
+    role may put them; elsewhere the put is refused and the rows wait in the journal."""
+    kept, refused = f"iam-{uuid.uuid4().hex[:8]}", f"iam-{uuid.uuid4().hex[:8]}"
+    s3, sagemaker = enforced.client("s3"), enforced.client("sagemaker")
+    writer = role(enforced, TRUST_SAGEMAKER, allow("s3:PutObject", f"arn:aws:s3:::{kept}/offline/*"))
+    denied, allowed = (create_group(sagemaker, s3, bucket=bucket, role_arn=writer) for bucket in (refused, kept))
+    records = enforced.client("sagemaker-featurestore-runtime")
+    # The refused group's row first: the flush that writes the other's has tried it too.
+    for group in (denied, allowed):
+        records.put_record(FeatureGroupName=group["FeatureGroupName"], Record=claim(1, 5.0))
+    [written] = wait_for(lambda: offline_objects(s3, allowed))
+    assert offline_objects(s3, denied) == []
+    assert enforced.access.allowed_actions()[writer]["s3:PutObject"] == [f"arn:aws:s3:::{written}"]
+    for group in (denied, allowed):
+        sagemaker.delete_feature_group(FeatureGroupName=group["FeatureGroupName"])
 
 
 def test_sagemaker_must_be_able_to_assume_the_passed_role(enforced: LocalCloud, user: Callable[..., Any]) -> None:

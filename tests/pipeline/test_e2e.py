@@ -245,7 +245,8 @@ NOT_USED_BY_THE_RUNS = {
                                        "in the job",
     "ServicePullsImagesToken": "SageMaker pulls the images from ECR: the local cloud runs the code in-process",
     "ServicePullsImages": "SageMaker pulls the images from ECR: the local cloud runs the code in-process",
-    "ServiceWritesOfflineStore": "Feature Store's offline-store writes, with bucket-owner ACLs",
+    "ServiceWritesOfflineStore": "the bucket-owner ACLs of Feature Store's offline-store writes: the local cloud "
+                                 "puts the files as the group's role (ReadWritePipelineFiles), without ACLs",
     "ServiceClarifyShadowEndpoint": "Clarify's shadow endpoint: the local Clarify container scores the model "
                                     "itself",
     "ServiceOfflineStoreCatalog": "Feature Store's Glue table and Athena's reads of it",
