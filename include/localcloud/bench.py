@@ -477,6 +477,10 @@ def enforcing_principal(url: str, state_dir: Path, group: str) -> tuple[str, str
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                       "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
     iam.create_role(RoleName=DEFAULT_ROLE_ARN.split("/")[-1], AssumeRolePolicyDocument=json.dumps(trust))
+    offline = {"Version": "2012-10-17", "Statement": [{  # the feature group's offline store is written as it
+        "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{BUCKET}/featurestore/*"}]}
+    iam.put_role_policy(RoleName=DEFAULT_ROLE_ARN.split("/")[-1], PolicyName="offline-store",
+                        PolicyDocument=json.dumps(offline))
     client(url, "s3", root).create_bucket(Bucket=BUCKET)
     create_feature_group(client(url, "sagemaker", root), "claims", group)
     iam.create_user(UserName="bench")

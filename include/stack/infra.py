@@ -4,8 +4,10 @@ roles it creates. Deploying is idempotent: the stack is created once, updated wh
 or its parameters change, left alone otherwise.
 
 make run and make up start the local cloud with IAM enforced (LOCALCLOUD_IAM=enforce): they
-deploy with the account root's key, which the local cloud keeps in its state folder, and Airflow
-starts from that key to assume the template's Airflow role.
+deploy with the account root's key, which the local cloud keeps in its state folder. Airflow starts
+from the key of an IAM user made then, as an account's administrator gives Airflow a principal: the
+template's AirflowPrincipal, whose own policy allows only sts:AssumeRole on the template's Airflow
+role (AWS refuses AssumeRole signed by the root user, and so does the local cloud).
 
 `python -m include.stack.infra --endpoint-url URL` deploys it and prints the settings, as .env lines
 (compose's airflow-init writes them to the file its Airflow services start with:
@@ -33,6 +35,9 @@ STACK_NAME = "fraud-detection"
 CAPABILITIES = ["CAPABILITY_NAMED_IAM"]
 # What a local cloud that does not enforce IAM takes: any key.
 PLACEHOLDER_CREDENTIALS = {"aws_access_key_id": "localcloud", "aws_secret_access_key": "localcloud"}
+# In the state folder beside the root's key, in its format: the access key of the Airflow user.
+AIRFLOW_CREDENTIALS_FILE = "airflow-credentials.json"
+AIRFLOW_USER_POLICY = "assume-airflow-role"
 
 
 class InfraError(Exception):
@@ -59,14 +64,31 @@ class Infra:
         }
 
 
+@dataclass(frozen=True)
+class AirflowUser:
+    """The IAM user a local stack's Airflow starts from (the template's AirflowPrincipal)."""
+
+    arn: str
+    credentials: dict[str, str]  # boto3's aws_access_key_id and aws_secret_access_key
+
+
+def _read_key(path: Path) -> dict[str, str]:
+    """boto3's credentials of an access key file ({"AccessKeyId": ..., "SecretAccessKey": ...})."""
+    keys = json.loads(path.read_text())
+    return {"aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"]}
+
+
 def local_credentials(state_dir: Path) -> dict[str, str]:
     """boto3's credentials for the local cloud whose state is in `state_dir`: the account root's
     key, which the local cloud writes there when it first enforces IAM; else placeholders."""
     path = state_dir / ROOT_CREDENTIALS_FILE
-    if not path.exists():
-        return PLACEHOLDER_CREDENTIALS
-    keys = json.loads(path.read_text())
-    return {"aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"]}
+    return _read_key(path) if path.exists() else PLACEHOLDER_CREDENTIALS
+
+
+def airflow_user_policy(airflow_role_arn: str) -> dict[str, Any]:
+    """The Airflow user's own policy: it may only assume the Airflow role."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "AssumeAirflowRole", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": airflow_role_arn}]}
 
 
 def local_parameters(settings: Settings) -> dict[str, str]:
@@ -127,22 +149,57 @@ def deploy(cloudformation: Any, parameters: dict[str, str], name: str = STACK_NA
         raise InfraError(f"stack {name} of {template} has no output {missing}: outputs {outputs}") from None
 
 
-def deploy_local(cloud_url: str, settings: Settings, credentials: dict[str, str]) -> Infra:
-    """The template deployed into the local cloud at cloud_url, with the pipeline's settings,
-    by the caller of `credentials` (local_credentials)."""
-    cloudformation = boto3.session.Session().client(
-        "cloudformation", region_name=settings.region, endpoint_url=cloud_url, **credentials
-    )
+def _user_arn(iam: Any, name: str) -> str:
+    """The ARN of IAM user `name`, made if missing."""
     try:
-        return deploy(cloudformation, local_parameters(settings))
+        return iam.create_user(UserName=name)["User"]["Arn"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "EntityAlreadyExists":
+            raise
+    return iam.get_user(UserName=name)["User"]["Arn"]
+
+
+def _user_key(iam: Any, name: str, path: Path) -> dict[str, str]:
+    """The access key of user `name` kept in `path`; when none is, or IAM no longer knows it (a
+    local cloud started afresh), a new one, the user's others deleted (IAM allows two keys)."""
+    known = [key["AccessKeyId"] for key in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]]
+    if path.exists() and (kept := _read_key(path))["aws_access_key_id"] in known:
+        return kept
+    for key_id in known:
+        iam.delete_access_key(UserName=name, AccessKeyId=key_id)
+    made = iam.create_access_key(UserName=name)["AccessKey"]
+    path.touch(mode=0o600)  # readable by its owner only, as the root's key
+    path.write_text(json.dumps({"AccessKeyId": made["AccessKeyId"], "SecretAccessKey": made["SecretAccessKey"]}))
+    return _read_key(path)
+
+
+def deploy_local(cloud_url: str, settings: Settings, state_dir: Path,
+                 key_file: Path | None = None) -> tuple[Infra, AirflowUser]:
+    """The template deployed into the local cloud at cloud_url with the pipeline's settings, by the
+    account root (its key in `state_dir`, local_credentials), as an administrator sets an account
+    up: the IAM user <prefix>-airflow that Airflow starts from, the stack with that user as its
+    AirflowPrincipal, then the user's policy (airflow_user_policy). The user's key is kept in
+    `key_file` (default: airflow-credentials.json in `state_dir`)."""
+    session = boto3.session.Session()
+    root = local_credentials(state_dir)
+    iam = session.client("iam", region_name=settings.region, endpoint_url=cloud_url, **root)
+    cloudformation = session.client("cloudformation", region_name=settings.region, endpoint_url=cloud_url, **root)
+    name = f"{settings.prefix}-airflow"
+    try:
+        user_arn = _user_arn(iam, name)
+        infra = deploy(cloudformation, {**local_parameters(settings), "AirflowPrincipal": user_arn})
+        iam.put_user_policy(UserName=name, PolicyName=AIRFLOW_USER_POLICY,
+                            PolicyDocument=json.dumps(airflow_user_policy(infra.airflow_role_arn)))
+        credentials = _user_key(iam, name, key_file or state_dir / AIRFLOW_CREDENTIALS_FILE)
     except ClientError as error:
         raise InfraError(f"deploying {TEMPLATE} into the local cloud at {cloud_url}: {error}") from error
+    return infra, AirflowUser(user_arn, credentials)
 
 
 def local_connection(cloud_url: str, region: str, infra: Infra, credentials: dict[str, str]) -> str:
     """AIRFLOW_CONN_AWS_DEFAULT of a local stack: the local cloud, where the caller of
-    `credentials` assumes the stack's Airflow role (STS is the local cloud's too: the provider
-    never sends AssumeRole to endpoint_url)."""
+    `credentials` (the Airflow user's) assumes the stack's Airflow role (STS is the local cloud's
+    too: the provider never sends AssumeRole to endpoint_url)."""
     return json.dumps(
         {
             "conn_type": "aws",
@@ -164,17 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("LOCALCLOUD_STATE", ".localcloud")),
                         help="the local cloud's state folder, which holds its root key when it enforces IAM "
                              "(default: $LOCALCLOUD_STATE or .localcloud)")
+    parser.add_argument("--key-file", type=Path,
+                        help=f"where the Airflow user's access key is kept (default: {AIRFLOW_CREDENTIALS_FILE} "
+                             "in the state folder)")
     arguments = parser.parse_args(argv)
     settings = Settings.from_env()
-    credentials = local_credentials(arguments.state_dir)
     try:
-        infra = deploy_local(arguments.endpoint_url, settings, credentials)
+        infra, user = deploy_local(arguments.endpoint_url, settings, arguments.state_dir, arguments.key_file)
     except InfraError as error:
         print(error, file=sys.stderr)
         return 1
     for key, value in infra.environment().items():
         print(f"{key}={value}")
-    print(f"AIRFLOW_CONN_AWS_DEFAULT='{local_connection(arguments.endpoint_url, settings.region, infra, credentials)}'")
+    connection = local_connection(arguments.endpoint_url, settings.region, infra, user.credentials)
+    print(f"AIRFLOW_CONN_AWS_DEFAULT='{connection}'")
     return 0
 
 

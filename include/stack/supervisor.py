@@ -34,7 +34,7 @@ from include.stack.config import (
     login,
     read_env_file,
 )
-from include.stack.infra import InfraError, deploy_local, local_connection, local_credentials
+from include.stack.infra import InfraError, deploy_local, local_connection
 from include.stack.login import AUTH_MANAGER, users_setting, write_password_file
 
 STARTUP_TIMEOUT_SECONDS = 300  # cold imports of five Python processes on a 2-core laptop
@@ -69,15 +69,14 @@ def deploy_infra(config: StackConfig, environment: dict[str, str]) -> None:
     """infra/template.yaml into the local cloud (include/stack/infra.py), with the pipeline's
     settings in `environment`; Airflow then runs with the bucket and the roles it made: FRAUD_*
     from its outputs, and an aws_default connection that assumes its Airflow role, starting from
-    the local account's root key."""
-    credentials = local_credentials(config.cloud_state)
+    the key of the Airflow user the deploy made."""
     try:
-        infra = deploy_local(config.cloud_url, Settings.from_env(environment), credentials)
+        infra, user = deploy_local(config.cloud_url, Settings.from_env(environment), config.cloud_state)
     except InfraError as error:
         raise StackError(str(error)) from error
     environment.update(infra.environment())
     environment["AIRFLOW_CONN_AWS_DEFAULT"] = local_connection(config.cloud_url, LOCAL_CLOUD_REGION, infra,
-                                                               credentials)
+                                                               user.credentials)
 
 
 def service_environment(config: StackConfig, env: dict[str, str], database: str, username: str) -> dict[str, str]:

@@ -142,10 +142,12 @@ def test_bucket_policy_statements_apply_only_when_their_conditions_hold(aws) -> 
 def test_the_stack_survives_a_restart_deployed_with_the_root_key_of_an_enforcing_cloud(tmp_path) -> None:
     settings = Settings()
     with LocalCloud(tmp_path, port=0, iam="enforce") as first:
-        deployed = deploy_local(first.url, settings, local_credentials(tmp_path))
+        deployed = deploy_local(first.url, settings, tmp_path)
     with LocalCloud(tmp_path, port=0, iam="enforce") as second:
         credentials = local_credentials(tmp_path)  # the same key: kept in the state folder
-        assert deploy_local(second.url, settings, credentials) == deployed
+        # The same stack, and the same Airflow user and key (kept beside the root's, owner-only).
+        assert deploy_local(second.url, settings, tmp_path) == deployed
+        assert (tmp_path / infra.AIRFLOW_CREDENTIALS_FILE).stat().st_mode & 0o077 == 0
 
         def client(service: str) -> Any:
             return boto3.client(service, region_name="us-east-1", endpoint_url=second.url, **credentials)
@@ -180,7 +182,30 @@ def test_compose_init_deploys_under_enforcement_and_the_services_assume_the_airf
         assert environment["FRAUD_BUCKET"] == Settings().bucket
         assert environment["FRAUD_EXECUTION_ROLE_ARN"] == f"arn:aws:iam::{ACCOUNT}:role/fraud-detection-sagemaker-us-east-1"
 
+        # The connection starts from the Airflow user's key (AWS refuses AssumeRole signed by the
+        # root), the template's AirflowPrincipal, which may do nothing but assume the Airflow role.
+        connection = json.loads(environment["AIRFLOW_CONN_AWS_DEFAULT"])
+        user_key = json.loads((cloud.state_dir / infra.AIRFLOW_CREDENTIALS_FILE).read_text())
+        assert connection["login"] == user_key["AccessKeyId"] != local_credentials(cloud.state_dir)["aws_access_key_id"]
+        root_iam = boto3.client("iam", region_name="us-east-1", endpoint_url=cloud.url,
+                                **local_credentials(cloud.state_dir))
+        [trust] = root_iam.get_role(RoleName="fraud-detection-airflow-us-east-1")["Role"]["AssumeRolePolicyDocument"][
+            "Statement"]
+        assert trust["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:user/fraud-detection-airflow"}
+        as_user = boto3.client("sagemaker", region_name="us-east-1", endpoint_url=cloud.url,
+                               aws_access_key_id=connection["login"], aws_secret_access_key=connection["password"])
+        with pytest.raises(ClientError) as refused:
+            as_user.list_models()
+        assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
         # The provider's hook, with that connection, calls as the template's Airflow role.
         monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", environment["AIRFLOW_CONN_AWS_DEFAULT"])
         caller = AwsBaseHook(aws_conn_id="aws_default", client_type="sts").get_conn().get_caller_identity()
         assert caller["Arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/fraud-detection-airflow-us-east-1/")
+
+        # A key file lost (or a local cloud that no longer knows it): the next deploy makes the user a new key.
+        (cloud.state_dir / infra.AIRFLOW_CREDENTIALS_FILE).unlink()
+        assert infra.main(["--endpoint-url", cloud.url, "--state-dir", str(cloud.state_dir)]) == 0
+        renewed = json.loads((cloud.state_dir / infra.AIRFLOW_CREDENTIALS_FILE).read_text())["AccessKeyId"]
+        keys = root_iam.list_access_keys(UserName="fraud-detection-airflow")["AccessKeyMetadata"]
+        assert renewed != user_key["AccessKeyId"] and [key["AccessKeyId"] for key in keys] == [renewed]

@@ -38,6 +38,7 @@ def create_group(
     offline: bool = True,
     name: str | None = None,
     bucket: str = BUCKET,
+    role_arn: str = "arn:aws:iam::123456789012:role/featurestore",
 ) -> dict[str, Any]:
     """A feature group made through the control plane, once Created; returns its description."""
     name = name or f"{prefix}-{uuid.uuid4().hex[:8]}"
@@ -53,7 +54,7 @@ def create_group(
         RecordIdentifierFeatureName="policy_id",
         EventTimeFeatureName="event_time",
         FeatureDefinitions=features or FEATURES,
-        RoleArn="arn:aws:iam::123456789012:role/featurestore",
+        RoleArn=role_arn,
         **config,
     )
     deadline = time.monotonic() + 20

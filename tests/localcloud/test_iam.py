@@ -21,6 +21,7 @@ from sagemaker.core import image_uris
 
 from include.localcloud.access.policy import Decision, evaluate
 from include.localcloud.server import ACCOUNT_ID, ALLOWED_ACTIONS_PATH, LocalCloud
+from tests.localcloud.test_featurestore import claim, create_group, offline_objects, wait_for
 
 REGION = "us-east-1"
 SKLEARN_IMAGE = image_uris.retrieve("sklearn", region=REGION, version="1.2-1")
@@ -308,6 +309,24 @@ def test_create_job_checks_pass_role_and_the_job_runs_under_its_role(
     assert "AccessDenied" in job["FailureReason"] and "s3:PutObject" in job["FailureReason"]
 
 
+def test_the_offline_store_is_written_as_the_feature_groups_role(enforced: LocalCloud) -> None:
+    """As SageMaker writes a group's offline store with the group's RoleArn: files land where the
+    role may put them; elsewhere the put is refused and the rows wait in the journal."""
+    kept, refused = f"iam-{uuid.uuid4().hex[:8]}", f"iam-{uuid.uuid4().hex[:8]}"
+    s3, sagemaker = enforced.client("s3"), enforced.client("sagemaker")
+    writer = role(enforced, TRUST_SAGEMAKER, allow("s3:PutObject", f"arn:aws:s3:::{kept}/offline/*"))
+    denied, allowed = (create_group(sagemaker, s3, bucket=bucket, role_arn=writer) for bucket in (refused, kept))
+    records = enforced.client("sagemaker-featurestore-runtime")
+    # The refused group's row first: the flush that writes the other's has tried it too.
+    for group in (denied, allowed):
+        records.put_record(FeatureGroupName=group["FeatureGroupName"], Record=claim(1, 5.0))
+    [written] = wait_for(lambda: offline_objects(s3, allowed))
+    assert offline_objects(s3, denied) == []
+    assert enforced.access.allowed_actions()[writer]["s3:PutObject"] == [f"arn:aws:s3:::{written}"]
+    for group in (denied, allowed):
+        sagemaker.delete_feature_group(FeatureGroupName=group["FeatureGroupName"])
+
+
 def test_sagemaker_must_be_able_to_assume_the_passed_role(enforced: LocalCloud, user: Callable[..., Any]) -> None:
     not_for_sagemaker = role(enforced, {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "glue.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
@@ -371,6 +390,22 @@ def test_the_root_user_may_do_anything(enforced: LocalCloud) -> None:
     iam = client(enforced, "iam", keys["AccessKeyId"], keys["SecretAccessKey"])
     iam.create_user(UserName=f"made-by-root-{uuid.uuid4().hex[:6]}")
     assert error_of(client(enforced, "iam", keys["AccessKeyId"], "wrong").list_users)["Code"] == "SignatureDoesNotMatch"
+
+
+def test_the_root_user_may_not_assume_a_role_as_aws_refuses_it(enforced: LocalCloud, user: Callable[..., Any]) -> None:
+    """Even a role whose trust policy names the account root: STS refuses the root user itself."""
+    keys = json.loads((enforced.state_dir / "root-credentials.json").read_text())
+    arn = role(enforced, {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"}, "Action": "sts:AssumeRole"}]})
+    root = client(enforced, "sts", keys["AccessKeyId"], keys["SecretAccessKey"])
+    with pytest.raises(ClientError) as raised:
+        root.assume_role(RoleArn=arn, RoleSessionName="root")
+    assert raised.value.response["Error"] == {
+        "Type": "Sender", "Code": "AccessDenied", "Message": "Roles may not be assumed by root accounts."}
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert root.get_caller_identity()["Account"] == ACCOUNT_ID  # the root user's other STS calls go
+    caller = user(allow("sts:AssumeRole", arn))("sts")  # a user of the account, trusted through the root
+    assert caller.assume_role(RoleArn=arn, RoleSessionName="user")["AssumedRoleUser"]["Arn"].endswith("/user")
 
 
 def test_presigned_urls_are_checked_like_signed_requests(enforced: LocalCloud, user: Callable[..., Any]) -> None:

@@ -1,6 +1,6 @@
 """fraud_detection end to end with `dag.test()` against an in-process local cloud that enforces
 IAM, as make run runs it: infra/template.yaml deployed into it, Airflow's connection assuming the
-template's Airflow role, the jobs and the endpoint's model servers running as its execution role.
+template's Airflow role from the key of the Airflow user the deploy made, the jobs and the endpoint's model servers running as its execution role.
 Auto-approval on, a small tuning budget. Checks the registered package and its metrics, the
 endpoint's answers, the lineage from the endpoint back to the raw files, and Clarify's
 pre-training bias figures against an independent pandas computation on the training split; then
@@ -32,7 +32,7 @@ from include.localcloud.server import LocalCloud
 from include.pipeline.clarify import bias_metrics
 from include.pipeline.configs import RunLayout, short_hash
 from include.pipeline.settings import Settings
-from include.stack.infra import Infra, deploy_local, local_connection, local_credentials
+from include.stack.infra import AirflowUser, Infra, deploy_local, local_connection, local_credentials
 from tests.airflow_env import DAGS_FOLDER
 from tests.conftest import moto_state_kept
 
@@ -66,7 +66,7 @@ def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
 
 @pytest.fixture(scope="module")
 def root_key(enforcing: LocalCloud) -> dict[str, str]:
-    """The account root's key: what deploys the template and what Airflow starts from."""
+    """The account root's key: what deploys the template (and the tests' own calls)."""
     return local_credentials(enforcing.state_dir)
 
 
@@ -80,15 +80,28 @@ def aws(enforcing: LocalCloud, root_key: dict[str, str]) -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="module")
-def infra(enforcing: LocalCloud, root_key: dict[str, str]) -> Infra:
-    return deploy_local(enforcing.url, Settings(bucket=BUCKET, prefix=PREFIX, endpoint_name=ENDPOINT), root_key)
+def deployed(enforcing: LocalCloud) -> tuple[Infra, AirflowUser]:
+    return deploy_local(enforcing.url, Settings(bucket=BUCKET, prefix=PREFIX, endpoint_name=ENDPOINT),
+                        enforcing.state_dir)
 
 
 @pytest.fixture(scope="module")
-def dags(enforcing: LocalCloud, root_key: dict[str, str], infra: Infra,
+def infra(deployed: tuple[Infra, AirflowUser]) -> Infra:
+    return deployed[0]
+
+
+@pytest.fixture(scope="module")
+def airflow_user(deployed: tuple[Infra, AirflowUser]) -> AirflowUser:
+    return deployed[1]
+
+
+@pytest.fixture(scope="module")
+def dags(enforcing: LocalCloud, infra: Infra, airflow_user: AirflowUser,
          module_monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The DAGs with the template's settings, the Airflow AWS connection assuming its Airflow role."""
-    module_monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", local_connection(enforcing.url, REGION, infra, root_key))
+    """The DAGs with the template's settings, the Airflow AWS connection assuming its Airflow role
+    with the Airflow user's key."""
+    module_monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT",
+                              local_connection(enforcing.url, REGION, infra, airflow_user.credentials))
     for name, value in infra.environment().items():
         module_monkeypatch.setenv(name, value)
     module_monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
@@ -232,7 +245,8 @@ NOT_USED_BY_THE_RUNS = {
                                        "in the job",
     "ServicePullsImagesToken": "SageMaker pulls the images from ECR: the local cloud runs the code in-process",
     "ServicePullsImages": "SageMaker pulls the images from ECR: the local cloud runs the code in-process",
-    "ServiceWritesOfflineStore": "Feature Store's offline-store writes, with bucket-owner ACLs",
+    "ServiceWritesOfflineStore": "the bucket-owner ACLs of Feature Store's offline-store writes: the local cloud "
+                                 "puts the files as the group's role (ReadWritePipelineFiles), without ACLs",
     "ServiceClarifyShadowEndpoint": "Clarify's shadow endpoint: the local Clarify container scores the model "
                                     "itself",
     "ServiceOfflineStoreCatalog": "Feature Store's Glue table and Athena's reads of it",
@@ -253,11 +267,14 @@ ACTIONS_NOT_USED_BY_THE_RUNS = {
 }
 
 
-def role_statements(aws: Callable[..., Any], role_arn: str) -> list[dict[str, Any]]:
-    """The statements of the role's inline policies, as the local cloud enforces them."""
-    iam, role = aws("iam"), role_arn.rsplit("/", 1)[1]
-    return [statement for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
-            for statement in iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]["Statement"]]
+def inline_statements(aws: Callable[..., Any], arn: str) -> list[dict[str, Any]]:
+    """The statements of a role's or user's inline policies, as the local cloud enforces them."""
+    iam, name = aws("iam"), arn.rsplit("/", 1)[1]
+    if ":user/" in arn:
+        return [statement for policy in iam.list_user_policies(UserName=name)["PolicyNames"]
+                for statement in iam.get_user_policy(UserName=name, PolicyName=policy)["PolicyDocument"]["Statement"]]
+    return [statement for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]
+            for statement in iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]["Statement"]]
 
 
 def statement_findings(sid: str, statement: dict[str, Any], used: dict[str, list[str]]) -> tuple[list[str], list[str]]:
@@ -279,21 +296,25 @@ def statement_findings(sid: str, statement: dict[str, Any], used: dict[str, list
 
 @pytest.mark.slow
 def test_the_runs_use_every_action_the_template_grants_and_only_through_its_roles(
-    enforcing: LocalCloud, infra: Infra, finished_run: Any, redeployed: str, aws: Callable[..., Any]
+    enforcing: LocalCloud, infra: Infra, airflow_user: AirflowUser, finished_run: Any, redeployed: str,
+    aws: Callable[..., Any]
 ) -> None:
     """Each action of each statement was allowed on one of the statement's resources, and each
     of its resources was used by one of its actions: a statement the pipeline no longer needs,
-    or broader than it needs, fails here, named."""
+    or broader than it needs, fails here, named. The Airflow user's own policy too."""
     allowed = enforcing.access.allowed_actions()
-    roles = {"execution role": infra.execution_role_arn, "Airflow role": infra.airflow_role_arn}
-    assert set(allowed) == set(roles.values())  # nothing but the template's roles signed a request
+    principals = {"execution role": infra.execution_role_arn, "Airflow role": infra.airflow_role_arn,
+                  "Airflow user": airflow_user.arn}
+    # Nothing but the template's roles, and the user that assumes the Airflow role, signed a request.
+    assert set(allowed) == set(principals.values())
+    assert allowed[airflow_user.arn] == {"sts:AssumeRole": [infra.airflow_role_arn]}
     unused, stale, sids = [], [], set()
-    for role, arn in roles.items():
-        for statement in role_statements(aws, arn):
+    for principal, arn in principals.items():
+        for statement in inline_statements(aws, arn):
             sids.add(statement["Sid"])
             never, needless = statement_findings(statement["Sid"], statement, allowed[arn])
-            unused += [f"{role} {finding}" for finding in never]
-            stale += [f"{role} {finding}" for finding in needless]
+            unused += [f"{principal} {finding}" for finding in never]
+            stale += [f"{principal} {finding}" for finding in needless]
     excluded = {*NOT_USED_BY_THE_RUNS, *(sid for sid, _ in ACTIONS_NOT_USED_BY_THE_RUNS)}
     stale += [f"{sid} is not in the template" for sid in sorted(excluded - sids)]
     assert not unused, "granted, never used by the runs:\n" + "\n".join(unused)

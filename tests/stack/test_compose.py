@@ -182,6 +182,9 @@ def test_the_local_cloud_enforces_iam_and_the_stack_runs_with_the_template(inter
     assert "python -m include.stack.infra --endpoint-url http://localcloud:4566" in init["command"][1]
     assert "./infra:/opt/airflow/infra:ro" in init["volumes"]  # infra.TEMPLATE, where the image has the project
     assert "--state-dir /opt/airflow/localcloud" in init["command"][1]  # where its root key is
+    # The Airflow user's key (what the services' connection starts from), kept in a volume it writes.
+    assert "--key-file /opt/airflow/config/airflow-credentials.json" in init["command"][1]
+    assert "airflow-config:/opt/airflow/config" in init["volumes"]
     for name in (*AIRFLOW_SERVICES, "airflow-worker"):
         environment = services[name]["environment"]
         assert environment["AIRFLOW_CONN_AWS_DEFAULT"] == ""

@@ -24,6 +24,7 @@ from include.stack.config import (
     load_config,
     read_env_file,
 )
+from include.stack.infra import AIRFLOW_CREDENTIALS_FILE
 from include.stack.supervisor import SERVICES, pid_file
 from tests.stack.conftest import PREFIX, REPO, ProcessStack, free_port
 
@@ -221,6 +222,10 @@ def test_up_starts_every_service_and_down_stops_exactly_them(tmp_path: Path) -> 
         # The local cloud enforces IAM: an unsigned request is refused; the root key's, served.
         assert httpx.get(f"{stack.cloud_url}/").status_code == 403
         assert stack.client("iam").get_role(RoleName=f"{PREFIX}-airflow-us-east-1")["Role"]["RoleName"]
+        # Airflow starts from the key of the Airflow user the deploy made, kept beside the root's.
+        [key] = stack.client("iam").list_access_keys(UserName=f"{PREFIX}-airflow")["AccessKeyMetadata"]
+        kept = json.loads((Path(stack.env["LOCALCLOUD_STATE"]) / AIRFLOW_CREDENTIALS_FILE).read_text())
+        assert key["AccessKeyId"] == kept["AccessKeyId"]
         # The login is .env's: a wrong password gets no token.
         username, password = stack.login()
         token = httpx.post(f"{stack.api_url}/auth/token", json={"username": username, "password": password})

@@ -39,6 +39,8 @@ ENFORCE = "enforce"
 SAGEMAKER_PRINCIPAL = "sagemaker.amazonaws.com"
 ROLE_SESSION_SECONDS = 12 * 3600  # a job's or model server's credentials; renewed an hour before they end
 ROOT_CREDENTIALS_FILE = "root-credentials.json"  # in the state folder: the account root's access key
+# STS's answer to AssumeRole signed by the account root (AccessDenied, 403), word for word.
+ROOT_MAY_NOT_ASSUME_ROLES = "Roles may not be assumed by root accounts."
 KEPT_RESOURCES = 50  # resources remembered per allowed action, to show what an action was used on
 KEPT_DESCRIPTIONS = 10_000  # REST paths remembered with their action and resource
 
@@ -161,7 +163,7 @@ class Enforcer:
                 return None
             if signature.access_key_id == self.root_access_key_id:
                 check_signature(request, signature, self.root_secret)
-                return None  # the account's root user: every action, as on AWS
+                return self._check_root(request, signature, protocol)
             principal = self._principal(signature)
             if principal.expiration is not None and principal.expiration < dt.datetime.now(dt.UTC):
                 raise SignatureError("expired_token", "The security token included in the request is expired")
@@ -176,6 +178,13 @@ class Enforcer:
             return _error(protocol, denied.code, denied.message, denied.status)
         except AwsError as error:
             return _error(protocol, error.code, error.message, error.status)
+        return None
+
+    def _check_root(self, request: Request, signature: Signature, protocol: str) -> Response | None:
+        """The account's root user may do anything, as on AWS, but assume a role: STS refuses that
+        whatever the role's trust policy says."""
+        if signature.service == "sts" and self.describe(request, signature, protocol).action == "sts:AssumeRole":
+            return _error(protocol, "AccessDenied", ROOT_MAY_NOT_ASSUME_ROLES, 403)
         return None
 
     def describe(self, request: Request, signature: Signature, protocol: str) -> Access:

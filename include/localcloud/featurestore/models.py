@@ -59,6 +59,7 @@ class FeatureGroup:
     online: bool
     offline_uri: str | None  # ResolvedOutputS3Uri, None when the offline store is off
     ttl_seconds: float | None
+    role_arn: str | None  # RoleArn: what the offline store's writes to S3 are made as
 
     @classmethod
     def from_description(cls, body: dict[str, Any]) -> FeatureGroup:
@@ -74,6 +75,7 @@ class FeatureGroup:
             online=bool(online.get("EnableOnlineStore")),
             offline_uri=offline_uri.rstrip("/") if offline_uri else None,
             ttl_seconds=ttl_seconds(online.get("TtlDuration")),
+            role_arn=body.get("RoleArn"),
         )
 
     def target_stores(self, requested: list[str] | None) -> set[str]:
@@ -326,13 +328,14 @@ def to_arrow(group: FeatureGroup, rows: list[dict[str, Any]], written_at: float)
 
 class OfflineWriter:
     """Flushes the journal to S3 about every second, and once more on stop. Rows leave the journal
-    only after their Parquet file is uploaded (at-least-once, as the real offline store)."""
+    only after their Parquet file is uploaded (at-least-once, as the real offline store). Each
+    group's files are put as its RoleArn (when IAM is enforced, its policies must allow it)."""
 
     def __init__(
         self,
         records: RecordStore,
         describe: Callable[[str], FeatureGroup | None],
-        s3_client: Callable[[str], Any],
+        s3_client: Callable[[str, str | None], Any],
     ) -> None:
         self.records = records
         self.describe = describe
@@ -381,7 +384,7 @@ class OfflineWriter:
         for row in rows:
             by_partition[partition_path(row["event_time"])].append(row)
         bucket, _, prefix = (group.offline_uri or "").removeprefix("s3://").partition("/")
-        s3 = self.s3_client(group.region)
+        s3 = self.s3_client(group.region, group.role_arn)  # as SageMaker writes it: as the group's role
         for partition, partition_rows in by_partition.items():
             buffer = io.BytesIO()
             pq.write_table(to_arrow(group, partition_rows, written_at.timestamp()), buffer)

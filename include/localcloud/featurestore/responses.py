@@ -31,7 +31,8 @@ class FeatureStoreRuntimeResponse(RestJsonService):
     def __init__(self, cloud: LocalCloud) -> None:
         super().__init__(cloud)
         self.records = RecordStore(cloud.state_dir / "featurestore" / "records.db")
-        self.offline = OfflineWriter(self.records, self._find_group, lambda region: cloud.client("s3", region))
+        self.offline = OfflineWriter(self.records, self._find_group, lambda region, role_arn: cloud.client(
+            "s3", region, role_arn))
         self._groups: dict[str, tuple[int, FeatureGroup]] = {}  # name -> (store version, group)
 
     def start(self) -> None:
