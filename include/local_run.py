@@ -24,16 +24,15 @@ from typing import IO, Any
 
 import boto3
 
-from include.localcloud.access.enforcer import ENFORCE, ROOT_CREDENTIALS_FILE
+from include.localcloud.access.enforcer import ROOT_CREDENTIALS_FILE
 from include.report import Edge, bias_metrics, build_report
 from include.stack.config import AWS_SESSION_FACTORY, PROJECT_DIR, StackConfig, StackError, load_config
 from include.stack.infra import local_credentials
 from include.stack.supervisor import (
     LOCAL_CLOUD_REGION,
-    SERVICES,
     deploy_infra,
     local_cloud_answers,
-    start_service,
+    start_local_cloud,
 )
 
 DAG_ID = "fraud_detection"
@@ -66,8 +65,6 @@ def airflow_environment(config: StackConfig) -> dict[str, str]:
     home = airflow_home(config)
     environment = dict(os.environ)
     environment.update(PIPELINE_SETTINGS)
-    # A local cloud this run starts checks every request against the template's roles.
-    environment.setdefault("LOCALCLOUD_IAM", ENFORCE)
     environment.update(
         {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
@@ -95,7 +92,7 @@ def ensure_local_cloud(config: StackConfig) -> None:
     for folder in (config.run_dir, config.log_dir, config.cloud_state):
         folder.mkdir(parents=True, exist_ok=True)
     environment = airflow_environment(config)
-    process = start_service(config, SERVICES[0], environment)
+    process = start_local_cloud(config, environment)
     deadline = time.monotonic() + CLOUD_START_TIMEOUT_SECONDS
     while not local_cloud_answers(config):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -93,57 +93,61 @@ class FileBody:
         return self.path.stat().st_size
 
 
-class _Concatenation:
-    """A completed multipart upload's body, copied part by part into a spooled file of its own
-    (moto disposes of the parts before it makes the object): FakeKey's value setter adopts it."""
+class _SpooledBody:
+    """A body copied chunk by chunk into a spooled file of its own, its SHA-256 computed as it goes:
+    FakeKey's value setter adopts the file."""
 
-    def __init__(self, parts: list[FakeKey], spool_bytes: int) -> None:
+    def __init__(self, size: int, spool_bytes: int) -> None:
         self.file = tempfile.SpooledTemporaryFile(spool_bytes)
-        if sum(part.contentsize for part in parts) > spool_bytes:
+        if size > spool_bytes:
             self.file.rollover()  # straight to disk: the spool would fill its memory before it rolls over
         self.sha256 = hashlib.sha256()
-        for part in parts:
-            for chunk in BodyView(part):
-                self.sha256.update(chunk)
-                self.file.write(chunk)
-        self.size = self.file.tell()
+        self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
+    def write(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
 
-class UploadedBody:
-    """The body of a PutObject or UploadPart, copied from the request into a spooled file of its own
-    chunk by chunk (an aws-chunked body decoded on the way, its trailing checksum put with the
-    request's headers, where moto looks for it), its MD5 and SHA-256 computed as it goes: moto gets
-    it instead of the bytes it would read whole, and the new FakeKey adopts the file. A body that is
-    not what its headers announce is refused before moto acts on the request (moto answers the
-    error)."""
+
+class _Concatenation(_SpooledBody):
+    """A completed multipart upload's body, copied part by part (moto disposes of the parts before
+    it makes the object)."""
+
+    def __init__(self, parts: list[FakeKey], spool_bytes: int) -> None:
+        super().__init__(sum(part.contentsize for part in parts), spool_bytes)
+        for part in parts:
+            for chunk in BodyView(part):
+                self.write(chunk)
+
+
+class UploadedBody(_SpooledBody):
+    """The body of a PutObject or UploadPart, copied from the request (an aws-chunked body decoded
+    on the way, its trailing checksum put with the request's headers, where moto looks for it), its
+    MD5 computed too: moto gets it instead of the bytes it would read whole. A body that is not what
+    its headers announce is refused before moto acts on the request (moto answers the error)."""
 
     def __init__(self, request: Request) -> None:
-        spool_bytes = get_s3_default_key_buffer_size()
-        self.file = tempfile.SpooledTemporaryFile(spool_bytes)
-        if (request.content_length or 0) > spool_bytes:
-            self.file.rollover()  # straight to disk: the spool would fill its memory before it rolls over
+        super().__init__(request.content_length or 0, get_s3_default_key_buffer_size())
         self.md5 = md5_hash()
-        self.sha256 = hashlib.sha256()
         self.error: S3ClientError | None = None
         if _aws_chunked(request):
             self._copy_chunks(request)
         else:
             self._copy(request.stream, request.content_length)
-        self.size = self.file.tell()
 
-    def __len__(self) -> int:
-        return self.size
+    def write(self, chunk: bytes) -> None:
+        self.md5.update(chunk)
+        super().write(chunk)
 
     def _copy(self, stream: IO[bytes], size: int | None) -> None:
         """`size` bytes of the stream, or all of it when None."""
         left = sys.maxsize if size is None else size
         while left > 0 and (chunk := stream.read(min(CHUNK_BYTES, left))):
-            self.md5.update(chunk)
-            self.sha256.update(chunk)
-            self.file.write(chunk)
+            self.write(chunk)
             left -= len(chunk)
 
     def _copy_chunks(self, request: Request) -> None:
@@ -166,8 +170,8 @@ class UploadedBody:
             if name.lower().startswith("x-amz-checksum-"):
                 request.environ["HTTP_" + name.upper().replace("-", "_")] = value.strip()
         decoded = request.headers.get("x-amz-decoded-content-length")
-        if decoded != str(self.file.tell()):
-            self.error = _incomplete_body(f"it decodes to {self.file.tell()} bytes, x-amz-decoded-content-length "
+        if decoded != str(self.size):
+            self.error = _incomplete_body(f"it decodes to {self.size} bytes, x-amz-decoded-content-length "
                                           f"says {decoded}")
         elif (checksum := _checksum_header(request)) and checksum not in request.headers:
             self.error = _incomplete_body(f"its trailer has no {checksum}")
@@ -212,7 +216,7 @@ def _set_value(key: FakeKey, value: Any) -> None:
             fill_body(key, source)
         key.body_sha256 = value.path.name
         return
-    if isinstance(value, _Concatenation | UploadedBody):
+    if isinstance(value, _SpooledBody):
         key._value_buffer.close()
         key._value_buffer = value.file
         key.contentsize = value.size

@@ -85,8 +85,6 @@ def service_environment(config: StackConfig, env: dict[str, str], database: str,
     environment = dict(os.environ)
     # Jobs and endpoints are waited for in the triggerer, freeing the worker slot (.env may say false).
     environment.setdefault("FRAUD_DEFERRABLE", "true")
-    # The local cloud checks every request against the template's roles, as an account would.
-    environment.setdefault("LOCALCLOUD_IAM", ENFORCE)
     environment.update({key: value for key, value in env.items() if key.startswith(PIPELINE_VARIABLE_PREFIX)})
     python_path = [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     environment.update(
@@ -229,6 +227,12 @@ def start_service(config: StackConfig, service: Service, environment: dict[str, 
     return process
 
 
+def start_local_cloud(config: StackConfig, environment: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The local cloud's service. It checks every request against the template's roles, as an
+    account would, unless the environment's LOCALCLOUD_IAM says otherwise."""
+    return start_service(config, SERVICES[0], {"LOCALCLOUD_IAM": ENFORCE, **environment})
+
+
 def _migrate_database(config: StackConfig, environment: dict[str, str]) -> None:
     path = log_file(config, "db-migrate")
     with path.open("ab") as log:
@@ -304,7 +308,7 @@ def up(config: StackConfig) -> None:
     _migrate_database(config, environment)
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        started["localcloud"] = start_service(config, SERVICES[0], environment)
+        started["localcloud"] = start_local_cloud(config, environment)
         _wait(config, started, f"The local cloud on {config.cloud_url}", lambda: local_cloud_answers(config))
         print(f"Local cloud ready on {config.cloud_url} (state in {config.cloud_state}).", flush=True)
         deploy_infra(config, environment)

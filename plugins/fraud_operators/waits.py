@@ -34,6 +34,9 @@ STARTUP_ALLOWANCE_SECONDS = 3600
 # SageMaker's largest MaxRuntimeInSeconds: the wait limit of a job that sets none.
 LONGEST_JOB_SECONDS = 28 * 24 * 3600
 ACTIVE_STATUSES = ("InProgress", "Stopping")
+# How long a retry waits for the jobs of earlier tries to end once stopped: SageMaker gives a job
+# 120 s between SIGTERM and SIGKILL, then uploads what it saved (a tuning job stops its trials so).
+STOP_WAIT_SECONDS = 600
 
 
 def job_runtime_limit(stopping_condition: dict[str, Any] | None) -> int:
@@ -132,9 +135,11 @@ class _CheckedWait:
     def stop_jobs_left_running(self) -> None:
         """Stop this task's jobs still running from earlier tries, and wait until they have ended.
         Their names are the stem, or the stem and the provider's timestamp suffix (a job of that
-        name existed), or for tuning jobs the stem and the try number."""
+        name existed), or for tuning jobs the stem and the try number. One still running
+        STOP_WAIT_SECONDS after this began fails this try (a next try stops it again)."""
         if self.list_operation is None:
             return
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
         client = self.hook.conn
         names = re.compile(rf"{re.escape(self.name_stem())}(-\d+)?")
         pages = client.get_paginator(self.list_operation).paginate(NameContains=self.name_stem())
@@ -148,7 +153,10 @@ class _CheckedWait:
                 if error.response.get("Error", {}).get("Code") != "ValidationException":
                     raise
                 # It ended after it was listed: there is nothing left to stop.
-            while self.describe(name).get(self.status_key) in ACTIVE_STATUSES:
+            while (status := self.describe(name).get(self.status_key)) in ACTIVE_STATUSES:
+                if time.monotonic() > deadline:
+                    raise AirflowException(f"SageMaker {self.kind} {name}, left running by an earlier try of this "
+                                           f"task, is still {status} {STOP_WAIT_SECONDS} s after it was stopped")
                 time.sleep(self.check_interval)
 
     def check_ended_well(self, description: dict[str, Any]) -> None:

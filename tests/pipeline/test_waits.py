@@ -2,7 +2,7 @@
 both modes: waiting in the worker, and deferred (the operator's execute, its trigger run through the
 provider's async aiobotocore hook as the triggerer runs it, then execute_complete). A job that
 fails, one that is stopped and one that exceeds MaxRuntimeInSeconds fail the task with why. A retry
-stops the job an earlier try left running."""
+stops the job an earlier try left running, and fails when that job will not end."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from airflow.sdk.module_loading import import_string
+from fraud_operators import waits
 from fraud_operators.waits import (
     SageMakerProcessingOperator,
     SageMakerTrainingOperator,
@@ -25,7 +27,14 @@ from fraud_operators.waits import (
 )
 
 from include.localcloud.server import LocalCloud
-from tests.localcloud.test_jobs import BUCKET, put_script, script_job, training_job, upload_training_data
+from tests.localcloud.test_jobs import (
+    BUCKET,
+    log_messages,
+    put_script,
+    script_job,
+    training_job,
+    upload_training_data,
+)
 
 REGION = "us-east-1"
 ENDLESS_TRAINING = {"num_round": "100000000", "objective": "binary:logistic"}
@@ -38,6 +47,8 @@ def s3(aws: Callable[..., Any]) -> Any:
     put_script(client, "code/waits/fails.py", "raise ValueError('claims.csv: column fraud has blank values')\n")
     put_script(client, "code/waits/sleeps.py", "import time\ntime.sleep(300)\n")
     put_script(client, "code/waits/ends.py", "print('done')\n")
+    put_script(client, "code/waits/ignores-stop.py", "import signal, time\n"
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ignoring SIGTERM', flush=True)\ntime.sleep(300)\n")
     return client
 
 
@@ -182,6 +193,32 @@ def test_a_retry_stops_the_job_an_earlier_try_left_running(
     assert sagemaker.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"] == "Stopped"
     assert re.fullmatch(rf"{name}-\d+", result["Processing"]["ProcessingJobName"])
     assert result["Processing"]["ProcessingJobStatus"] == "Completed"
+
+
+def test_a_retry_fails_when_the_job_left_running_does_not_end(
+        s3: Any, aws: Callable[..., Any], connection: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job ignores SIGTERM: it stays Stopping until the local cloud's SIGKILL, 5 s after the stop.
+    name = "waits-left-stopping"
+    sagemaker, logs = aws("sagemaker"), aws("logs")
+    sagemaker.create_processing_job(**script_job(name, "code/waits/ignores-stop.py"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if "ignoring SIGTERM" in log_messages(logs, "/aws/sagemaker/ProcessingJobs", name):
+                break
+        except logs.exceptions.ResourceNotFoundException:
+            pass  # no job has logged yet
+        assert time.monotonic() < deadline, f"{name} did not start its script"
+        time.sleep(0.25)
+    monkeypatch.setattr(waits, "STOP_WAIT_SECONDS", 1)
+    retry = SageMakerProcessingOperator(task_id="process", config=script_job(name, "code/waits/ends.py"),
+                                        check_interval=0.25)
+    with pytest.raises(AirflowException) as failed:
+        retry.execute({})
+    assert str(failed.value) == (f"SageMaker Processing {name}, left running by an earlier try of this task, "
+                                 "is still Stopping 1 s after it was stopped")
+    jobs = sagemaker.list_processing_jobs(NameContains=name)["ProcessingJobSummaries"]
+    assert [job["ProcessingJobName"] for job in jobs] == [name]  # the retry started none of its own
 
 
 @pytest.mark.parametrize("check_interval", [2, 0.25])  # the dev stack's, make run's
