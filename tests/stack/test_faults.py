@@ -23,7 +23,7 @@ from include import datagen
 from include.local_run import PIPELINE_SETTINGS
 from include.localcloud.sagemaker.jobs import LOCAL_CLOUD_STOPPED
 from include.stack.config import StackConfig, load_config
-from include.stack.supervisor import SERVICES, local_cloud_answers, pid_file, start_service
+from include.stack.supervisor import local_cloud_answers, pid_file, start_local_cloud
 from tests.stack.conftest import (
     DAG_ID,
     PREFIX,
@@ -45,7 +45,6 @@ MIN_AGE_SECONDS = 0.5
 POLICIES = 50_000
 # make run's job checks (every second, no log tailing), waits in the worker, retries 5 s apart.
 STACK_SETTINGS = {**PIPELINE_SETTINGS, "FRAUD_DEFERRABLE": "false", "FRAUD_RETRY_DELAY_SECONDS": "5"}
-LOCAL_CLOUD = next(service for service in SERVICES if service.name == "localcloud")
 T = TypeVar("T")
 
 
@@ -131,7 +130,7 @@ def test_a_run_survives_its_task_process_and_the_local_cloud_killed_during_jobs(
             cloud = service_process(config, "localcloud")
             cloud.kill()
             cloud.wait(timeout=60)
-            restarted_cloud = start_service(config, LOCAL_CLOUD, stack.env)
+            restarted_cloud = start_local_cloud(config, stack.env)
             poll("the local cloud started again", lambda: local_cloud_answers(config) or None, timeout=120)
 
             assert wait_for_run(api, run_id) == "success", failed_task_logs(api, run_id)
