@@ -34,11 +34,12 @@ from include.localcloud.athena.dialect import NotTrinoSql, to_duckdb
 
 CATALOG = "awsdatacatalog"  # the DuckDB database holding the Glue tables; Athena's catalog name
 DEFAULT_DATABASE = "default"
-# DuckDB's memory for the loaded tables, the queries' joins, windows and sorts (beyond it, it
-# spills to disk): with the server's own memory, under 1 GiB for a 1,000,000-policy dataset query.
-MEMORY_LIMIT = "512MB"
+# DuckDB's memory for the loaded tables, the queries' joins, windows and sorts, beyond which it
+# spills to disk: the server's peak stays under 1 GiB through the 1,000,000-policy dataset query
+# (878 MiB; `python -m include.bench_athena`), which needs more than 256 MB that cannot spill.
+MEMORY_LIMIT = "384MB"
 PAGE_ROWS = 1000  # rows of a GetQueryResults page at most, Athena's limit
-RESULT_BATCH_ROWS = 100 * PAGE_ROWS  # rows rendered and written at a time
+RESULT_BATCH_ROWS = 10 * PAGE_ROWS  # rows rendered and written at a time (100,000 cost 104 MiB more at 1M)
 COPY_BYTES = 2**20
 WRITE_KEYWORDS = {"insert", "update", "delete", "merge", "unload"}
 DDL_KEYWORDS = {"create", "drop", "alter", "msck", "show", "describe", "desc", "use", "grant", "revoke"}
