@@ -1,5 +1,5 @@
-"""`python -m include.bench_athena [POLICIES ...]`: the dataset stage's Athena query against a local
-cloud holding the offline stores of POLICIES generated policies (default 200,000 and 1,000,000).
+"""`make bench-athena [ATHENA_SIZES="200000 1000000"]`: the dataset stage's Athena query against a
+local cloud holding the offline stores of that many generated policies.
 
 For each size it makes the raw files when they are missing (`make data`, seed 0), puts them
 through the pipeline's own preprocess and offline_only ingest scripts into a local cloud of its
