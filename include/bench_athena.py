@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -109,6 +110,8 @@ def result_digest(s3: Any, athena: Any, query_id: str) -> str:
 def measure(policies: int) -> dict[str, Any]:
     state = REPO_ROOT / "generated" / f"bench-athena-{policies}"
     ready = state / "loaded"
+    if not ready.exists():  # a load that did not finish starts again
+        shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)
     with local_cloud(state / "localcloud", {"LOCALCLOUD_IAM": ""}) as (url, server):  # the bench's keys are no IAM user's
         if not ready.exists():
