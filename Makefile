@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-scale bench-stack clean up down status logs aws-infra
+.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-scale bench-athena bench-stack clean up down status logs aws-infra
 
 venv: $(VENV)/.installed
 
@@ -103,6 +103,12 @@ bench-ingest: venv
 SIZES ?= 5000 50000 200000 1000000
 bench-scale: venv
 	$(BIN)/python -m include.bench_scale $(SIZES)
+
+## The dataset stage's Athena queries over the offline stores of ATHENA_SIZES generated policies:
+## seconds and the local cloud server's peak RSS.
+ATHENA_SIZES ?= 200000 1000000
+bench-athena: venv
+	$(BIN)/python -m include.bench_athena $(ATHENA_SIZES)
 
 ## Worker-slot seconds of each task under the dev stack, FRAUD_DEFERRABLE off and on (stacks of its own).
 bench-stack: venv

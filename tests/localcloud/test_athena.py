@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from include.localcloud.athena import responses as athena_responses
+from include.localcloud.athena import models as athena_models
 from include.localcloud.server import LocalCloud
 from tests.conftest import make_client
 from tests.localcloud.test_featurestore import claim, create_group, record, wait_for
@@ -237,17 +237,40 @@ def test_paging_typed_columns_and_result_csv(aws, bucket) -> None:
     assert s3.head_object(Bucket=BUCKET, Key=f"{key}.metadata")["ContentLength"] > 0
 
 
-def test_large_results_are_not_kept_in_memory(aws, bucket, monkeypatch) -> None:
-    """A result over the cache's budget is read back from its output location when paged: a
-    dataset query's may be gigabytes, and the server must not keep it (here, with a budget of 1
-    byte, deleting the CSV shows where the pages come from)."""
-    monkeypatch.setattr(athena_responses, "CACHED_RESULT_BYTES", 1)
+def test_pages_are_read_from_the_output_location(aws, bucket) -> None:
+    """GetQueryResults reads its pages from the result's CSV, never keeping a result (a dataset
+    query's may be gigabytes): deleting the CSV shows where the pages come from."""
     athena, s3 = aws("athena"), aws("s3")
     done = finish(athena, start(athena, "SELECT 'not kept' AS word"))
     assert rows_of(athena, done["QueryExecutionId"]) == [["word"], ["not kept"]]
     s3.delete_object(Bucket=BUCKET, Key=done["ResultConfiguration"]["OutputLocation"][len(f"s3://{BUCKET}/"):])
     with pytest.raises(ClientError, match="Unable to read the results"):
         athena.get_query_results(QueryExecutionId=done["QueryExecutionId"])
+
+
+def test_pages_of_a_result_streamed_in_batches(aws, bucket, monkeypatch) -> None:
+    """A result written in record batches (here of 300 rows) that do not end where pages (1,000
+    rows) end reads the same rows whatever the page size: a one-column row's NULL (an empty CSV
+    line), empty and multi-line strings included."""
+    monkeypatch.setattr(athena_models, "RESULT_BATCH_ROWS", 300)
+    athena = aws("athena")
+    sql = ("SELECT x, CASE WHEN x % 7 = 0 THEN NULL WHEN x % 7 = 1 THEN '' "
+           "WHEN x % 7 = 2 THEN 'line ' || CAST(x AS varchar) || chr(10) || 'next' ELSE CAST(x AS varchar) END AS v "
+           "FROM UNNEST(sequence(1, 2345)) AS t(x) ORDER BY x")
+    expected = [[str(x), None if x % 7 == 0 else "" if x % 7 == 1 else f"line {x}\nnext" if x % 7 == 2 else str(x)]
+                for x in range(1, 2346)]
+    done = finish(athena, start(athena, sql))
+    assert done["Status"]["State"] == "SUCCEEDED", done["Status"].get("StateChangeReason")
+    assert rows_of(athena, done["QueryExecutionId"]) == [["x", "v"], *expected]
+    pages = athena.get_paginator("get_query_results").paginate(
+        QueryExecutionId=done["QueryExecutionId"], PaginationConfig={"PageSize": 700})
+    sizes, rows = [], []
+    for page in pages:
+        sizes.append(len(page["ResultSet"]["Rows"]))
+        rows += [[d.get("VarCharValue") for d in row["Data"]] for row in page["ResultSet"]["Rows"]]
+    assert sizes == [700, 700, 700, 246] and rows == [["x", "v"], *expected]
+    one_column = query(athena, sql.replace("SELECT x, ", "SELECT "))
+    assert one_column == [["v"], *[[v] for _, v in expected]]
 
 
 def test_delimited_text_partitions_and_nested_names(aws, bucket) -> None:

@@ -1,7 +1,10 @@
 """Athena's engine in the local cloud: Trino SQL (see dialect.py) run by DuckDB over the Glue Data Catalog's tables, whose
-S3 objects (Parquet, CSV, delimited text) are loaded into an in-memory DuckDB database per region
-and reloaded only when the table's definition or its objects' ETags change. Results are rendered
-the way Athena renders them: every value a string, typed column metadata, an all-quoted CSV."""
+S3 objects (Parquet, CSV, delimited text) are streamed into a DuckDB database file per region
+and reloaded only when the table's definition or its objects' ETags change. DuckDB's memory is
+bounded (MEMORY_LIMIT; it spills to a folder beside the database), and results stream to their
+CSV in record batches, rendered the way Athena renders them: every value a string, typed column
+metadata, an all-quoted CSV. Pages of a result are read back from that CSV, by byte ranges the
+.metadata file keeps for every PAGE_ROWS rows."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import io
 import json
 import math
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,13 @@ from include.localcloud.athena.dialect import NotTrinoSql, to_duckdb
 
 CATALOG = "awsdatacatalog"  # the DuckDB database holding the Glue tables; Athena's catalog name
 DEFAULT_DATABASE = "default"
+# DuckDB's memory for the loaded tables, the queries' joins, windows and sorts, beyond which it
+# spills to disk: the server's peak stays under 1 GiB through the 1,000,000-policy dataset query
+# (878 MiB; `python -m include.bench_athena`), which needs more than 256 MB that cannot spill.
+MEMORY_LIMIT = "384MB"
+PAGE_ROWS = 1000  # rows of a GetQueryResults page at most, Athena's limit
+RESULT_BATCH_ROWS = 10 * PAGE_ROWS  # rows rendered and written at a time (100,000 cost 104 MiB more at 1M)
+COPY_BYTES = 2**20
 WRITE_KEYWORDS = {"insert", "update", "delete", "merge", "unload"}
 DDL_KEYWORDS = {"create", "drop", "alter", "msck", "show", "describe", "desc", "use", "grant", "revoke"}
 UTILITY_KEYWORDS = {"explain", "prepare", "execute", "deallocate"}
@@ -261,18 +273,28 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 class GlueCatalog:
-    """The Glue Data Catalog of one region, as DuckDB tables that queries run against."""
+    """The Glue Data Catalog of one region, as DuckDB tables that queries run against, in a
+    database file of `folder` (a cache, emptied when the catalog starts)."""
 
-    def __init__(self, glue: Any, s3: Any) -> None:
+    def __init__(self, glue: Any, s3: Any, folder: Path) -> None:
         self.glue = glue
         self.s3 = s3
-        self.db = duckdb.connect(config={"threads": 2})
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.folder = folder
+        self.db = duckdb.connect(
+            config={"threads": 2, "memory_limit": MEMORY_LIMIT, "temp_directory": str(folder / "spill")}
+        )
         # Queries may read only what we load: no files, no extensions, no settings changes.
         self.db.execute(
-            f"ATTACH ':memory:' AS {CATALOG}; SET enable_external_access = false; SET lock_configuration = true"
+            f"ATTACH {literal(str(folder / 'catalog.duckdb'))} AS {CATALOG}; "
+            "SET enable_external_access = false; SET lock_configuration = true"
         )
         self._loaded: dict[TableRef, TableSource] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.close()
 
     def cursor(self, database: str) -> duckdb.DuckDBPyConnection:
         cursor = self.db.cursor()
@@ -351,8 +373,6 @@ class GlueCatalog:
             and all(source.etags.get(key) == etag for key, etag in current.etags.items())
         )
         known = current.etags if appending and current is not None else {}
-        new = [o for o in source.objects if o.key not in known]
-        batches = self._read_partitions(source, new)
         name = f"{CATALOG}.{quote(source.ref.database)}.{quote(source.ref.table)}"
         cursor = self.db.cursor()
         try:
@@ -361,47 +381,56 @@ class GlueCatalog:
                 columns = ", ".join(f"{quote(n)} {t}" for n, t in source.columns)
                 cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {CATALOG}.{quote(source.ref.database)}")
                 cursor.execute(f"CREATE OR REPLACE TABLE {name} ({columns})")
-            for partition, data in batches.items():  # one INSERT per partition, not per file
-                cursor.register("s3_objects", data)
-                cursor.execute(f"INSERT INTO {name} SELECT {projection(source, data.schema, partition)} FROM s3_objects")
-                cursor.unregister("s3_objects")
+            for obj in source.objects:
+                if obj.key not in known:
+                    self._insert(cursor, source, obj, name)
             cursor.commit()
         except duckdb.Error as exc:
             cursor.rollback()
             raise QueryFailed(f"HIVE_BAD_DATA: Table '{source.ref.display}': {first_line(exc)}", 1001) from None
+        except BaseException:
+            cursor.rollback()
+            raise
         finally:
             cursor.close()
         self._loaded[source.ref] = source
 
-    def _read_partitions(self, source: TableSource, objects: list[S3Object]) -> dict[tuple[str, ...], pa.Table]:
-        by_partition: dict[tuple[str, ...], list[S3Object]] = {}
-        for obj in objects:
-            by_partition.setdefault(obj.partition, []).append(obj)
-        try:
-            return {
-                partition: pa.concat_tables([self._read(source, o) for o in members], promote_options="permissive")
-                for partition, members in by_partition.items()
-            }
-        except pa.ArrowException as exc:  # files whose schemas cannot be reconciled
-            raise QueryFailed(f"HIVE_BAD_DATA: Table '{source.ref.display}': {exc}", 1001) from None
-
-    def _read(self, source: TableSource, obj: S3Object) -> pa.Table:
+    def _insert(self, cursor: duckdb.DuckDBPyConnection, source: TableSource, obj: S3Object, table: str) -> None:
+        """Stream one object into the table, in record batches, from a copy in a file (Parquet
+        needs its footer first)."""
         bucket, key = obj.key.split("/", 1)
-        try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            if key.endswith(".gz"):
-                body = gzip.decompress(body)
-            if source.file_format == "parquet":
-                return pq.read_table(pa.BufferReader(body))
-            return read_delimited(source, body)
-        except (ClientError, OSError, pa.ArrowException) as exc:
-            raise QueryFailed(
-                f"HIVE_BAD_DATA: Error reading s3://{obj.key} of table '{source.ref.display}': {exc}", 1001
-            ) from None
+        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".object") as copy:
+            try:
+                body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+                shutil.copyfileobj(gzip.GzipFile(fileobj=body) if key.endswith(".gz") else body, copy, COPY_BYTES)
+                copy.flush()
+                if copy.tell() == 0:
+                    return  # no rows (and an empty file is no Parquet or CSV to open)
+                reader = open_object(source, Path(copy.name))
+                cursor.register("s3_object", reader)
+                try:
+                    cursor.execute(f"INSERT INTO {table} SELECT {projection(source, reader.schema, obj.partition)} "
+                                   "FROM s3_object")
+                finally:
+                    cursor.unregister("s3_object")
+            except (ClientError, OSError, EOFError, pa.ArrowException, duckdb.Error) as exc:
+                raise QueryFailed(
+                    f"HIVE_BAD_DATA: Error reading s3://{obj.key} of table '{source.ref.display}': {first_line(exc)}",
+                    1001,
+                ) from None
 
 
-def read_delimited(source: TableSource, body: bytes) -> pa.Table:
-    """A CSV or delimited-text object as string columns named after the table's data columns."""
+def open_object(source: TableSource, path: Path) -> pa.RecordBatchReader:
+    """An object's rows in record batches: Parquet as written, CSV and delimited text as string
+    columns named after the table's data columns."""
+    if source.file_format == "parquet":
+        parquet = pq.ParquetFile(path)
+        return pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches())
+    return read_delimited(source, path)
+
+
+def read_delimited(source: TableSource, path: Path) -> pa.RecordBatchReader:
+    """A CSV or delimited-text file as string columns named after the table's data columns."""
     options = source.options
     names = [n for n, _ in source.columns[: len(source.columns) - source.partition_keys]]
     if source.file_format == "csv":  # OpenCSVSerde: quoted fields, no NULLs
@@ -424,7 +453,7 @@ def read_delimited(source: TableSource, body: bytes) -> pa.Table:
             null_values=[options.get("serialization.null.format", "\\N")],
         )
     read = pacsv.ReadOptions(column_names=names, skip_rows=source.skip_header)
-    return pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
+    return pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
 
 
 def projection(source: TableSource, schema: pa.Schema, partition: tuple[str, ...]) -> str:
@@ -454,10 +483,12 @@ def first_line(error: BaseException) -> str:
 # -- running -----------------------------------------------------------------------------------
 @dataclass
 class QueryResult:
-    """A finished query's rows as Athena's strings (NULLs kept) and their column metadata."""
+    """A finished query's column metadata and where its CSV's pages are: `page_offsets[i]` is the
+    byte at which data row i * PAGE_ROWS starts, the last one the CSV's size."""
 
     column_info: list[dict[str, Any]]
-    table: pa.Table = field(repr=False)  # string columns named as column_info says
+    row_count: int
+    page_offsets: list[int]
     scanned_bytes: int = 0
     planning_ms: int = 0
     engine_ms: int = 0
@@ -466,42 +497,83 @@ class QueryResult:
     def names(self) -> list[str]:
         return [c["Name"] for c in self.column_info]
 
-    @property
-    def row_count(self) -> int:
-        return self.table.num_rows
-
-    def rows(self, start: int, count: int) -> list[list[str | None]]:
-        columns = [column.to_pylist() for column in self.table.slice(start, max(count, 0)).columns]
-        return [list(row) for row in zip(*columns, strict=True)]
-
-    def write_csv(self, path: Path) -> None:
-        pacsv.write_csv(self.table, str(path), pacsv.WriteOptions(quoting_style="all_valid"))
-
     def metadata(self) -> bytes:
-        # Athena's own .metadata file is binary; ours carries the same facts as JSON.
-        return json.dumps({"ColumnInfo": self.column_info}).encode()
+        # Athena's own .metadata file is binary; ours carries the same facts as JSON, and the pages.
+        return json.dumps(
+            {"ColumnInfo": self.column_info, "RowCount": self.row_count, "PageOffsets": self.page_offsets}
+        ).encode()
 
     @classmethod
-    def from_files(cls, csv_body: bytes, metadata_body: bytes) -> QueryResult:
-        """A result read back from its output location: unquoted empty fields are NULLs."""
-        column_info = json.loads(metadata_body)["ColumnInfo"]
-        table = pacsv.read_csv(
-            io.BytesIO(csv_body),
-            read_options=pacsv.ReadOptions(autogenerate_column_names=True, skip_rows=1),
+    def from_metadata(cls, body: bytes) -> QueryResult:
+        metadata = json.loads(body)
+        return cls(metadata["ColumnInfo"], metadata["RowCount"], metadata["PageOffsets"])
+
+    def rows(self, start: int, count: int, read: Callable[[int, int], bytes]) -> list[list[str | None]]:
+        """Data rows [start, start + count), from the CSV bytes `read(first, last)` gives (an
+        inclusive range, as S3's Range header)."""
+        if count <= 0:
+            return []
+        first_page, last_page = start // PAGE_ROWS, (start + count - 1) // PAGE_ROWS
+        body = read(self.page_offsets[first_page], self.page_offsets[last_page + 1] - 1)
+        table = pacsv.read_csv(  # unquoted empty fields are NULLs
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=[f"c{i}" for i in range(len(self.column_info))]),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(
-                column_types={f"f{i}": pa.string() for i in range(len(column_info))},
+                column_types={f"c{i}": pa.string() for i in range(len(self.column_info))},
                 strings_can_be_null=True,
                 null_values=[""],
                 quoted_strings_can_be_null=False,
             ),
         )
-        return cls(column_info, table.rename_columns([c["Name"] for c in column_info]))
+        columns = [column.to_pylist() for column in table.slice(start - first_page * PAGE_ROWS, count).columns]
+        return [list(row) for row in zip(*columns, strict=True)]
+
+
+def write_result(reader: pa.RecordBatchReader, names: list[str], path: Path) -> tuple[int, list[int]]:
+    """The rows as Athena's all-quoted CSV of strings, batch by batch; (rows, page offsets)."""
+    schema = pa.schema([(name, pa.string()) for name in names])
+    rows = 0
+    with pa.OSFile(str(path), "wb") as sink, pacsv.CSVWriter(
+        sink, schema, write_options=pacsv.WriteOptions(quoting_style="all_valid")
+    ) as writer:
+        offsets = [sink.tell()]  # after the header
+        for batch in reader:
+            strings = pa.record_batch([athena_strings(column) for column in batch.columns], schema=schema)
+            while strings.num_rows:  # in slices that end where pages end
+                page = strings.slice(0, PAGE_ROWS - rows % PAGE_ROWS)
+                writer.write_batch(page)
+                rows += page.num_rows
+                strings = strings.slice(page.num_rows)
+                if rows % PAGE_ROWS == 0:
+                    offsets.append(sink.tell())
+        if rows % PAGE_ROWS:
+            offsets.append(sink.tell())
+    return rows, offsets
+
+
+def query_failure(error: Exception) -> Exception:
+    """The QueryFailed of a DuckDB error (an interrupt stays one). Errors while a result streams
+    reach Python as Arrow's OSError with DuckDB's message, whose prefix names its kind."""
+    message = first_line(error)
+    if isinstance(error, duckdb.InterruptException) or message.startswith("INTERRUPT Error"):
+        return duckdb.InterruptException(message)
+    if isinstance(error, duckdb.ParserException):
+        return QueryFailed(f"SYNTAX_ERROR: {message}")
+    if isinstance(error, duckdb.ConversionException) or message.startswith("Conversion Error"):
+        return QueryFailed(f"INVALID_CAST_ARGUMENT: {message}")
+    return QueryFailed(f"GENERIC_USER_ERROR: {message}")
 
 
 def run_query(
-    catalog: GlueCatalog, sql: str, database: str, on_cursor: Callable[[duckdb.DuckDBPyConnection], None]
+    catalog: GlueCatalog,
+    sql: str,
+    database: str,
+    on_cursor: Callable[[duckdb.DuckDBPyConnection], None],
+    csv_path: Path,
 ) -> QueryResult:
-    """Run one SELECT; `on_cursor` gets the cursor first so the query can be interrupted."""
+    """Run one SELECT, its result written to `csv_path`; `on_cursor` gets the cursor first so the
+    query can be interrupted."""
     keyword = first_keyword(sql)
     if statement_type(sql) != "DML" or keyword in WRITE_KEYWORDS:
         raise QueryFailed(
@@ -529,22 +601,18 @@ def run_query(
         scanned = catalog.prepare(parsed.tables)
         planned = time.monotonic()
         try:
-            table = cursor.sql(duckdb_sql).to_arrow_table()
-        except duckdb.InterruptException:
-            raise
-        except duckdb.ParserException as exc:
-            raise QueryFailed(f"SYNTAX_ERROR: {first_line(exc)}") from None
-        except duckdb.ConversionException as exc:
-            raise QueryFailed(f"INVALID_CAST_ARGUMENT: {first_line(exc)}") from None
-        except duckdb.Error as exc:
-            raise QueryFailed(f"GENERIC_USER_ERROR: {first_line(exc)}") from None
+            reader = cursor.sql(duckdb_sql).to_arrow_reader(RESULT_BATCH_ROWS)
+            names = [f"_col{i}" if i in parsed.unnamed else name for i, name in enumerate(reader.schema.names)]
+            row_count, page_offsets = write_result(reader, names, csv_path)
+        except (duckdb.Error, OSError) as exc:
+            raise query_failure(exc) from None
         finished = time.monotonic()
     finally:
         cursor.close()
-    names = [f"_col{i}" if i in parsed.unnamed else name for i, name in enumerate(table.column_names)]
     return QueryResult(
-        column_info=[column_info(name, f.type) for name, f in zip(names, table.schema, strict=True)],
-        table=pa.table([athena_strings(column) for column in table.columns], names=names),
+        column_info=[column_info(name, f.type) for name, f in zip(names, reader.schema, strict=True)],
+        row_count=row_count,
+        page_offsets=page_offsets,
         scanned_bytes=scanned,
         planning_ms=int((planned - started) * 1000),
         engine_ms=int((finished - started) * 1000),
@@ -623,7 +691,7 @@ def render(value: Any) -> str:
     return str(value)
 
 
-def athena_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def athena_strings(column: pa.Array) -> pa.Array:
     """A result column as Athena's strings, NULLs kept."""
     kind = column.type
     if pa.types.is_floating(kind):
@@ -637,13 +705,13 @@ def athena_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
         for index, number in enumerate(column.to_pylist()):
             if texts[index] is None and number is not None:
                 texts[index] = java_double(number)
-        return pa.chunked_array([pa.array(texts, type=pa.string())])
+        return pa.array(texts, type=pa.string())
     if pa.types.is_timestamp(kind):
         utc = column.cast(pa.timestamp("ms", tz=kind.tz), safe=False)
         text = pc.strftime(utc, format="%Y-%m-%d %H:%M:%S")
         return pc.binary_join_element_wise(text, " UTC", "") if kind.tz else text
     if pa.types.is_null(kind):
-        return pa.chunked_array([pa.nulls(len(column), pa.string())])
+        return pa.nulls(len(column), pa.string())
     if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_time(kind):
-        return pa.chunked_array([pa.array([None if v is None else render(v) for v in column.to_pylist()], pa.string())])
+        return pa.array([None if v is None else render(v) for v in column.to_pylist()], pa.string())
     return pc.cast(column, pa.string())

@@ -1,7 +1,8 @@
 """Athena (JSON 1.1): StartQueryExecution, GetQueryExecution, GetQueryResults, StopQueryExecution,
 ListQueryExecutions and BatchGetQueryExecution. Queries run in the background on a small thread
 pool; each query's description is kept in the store (kind "athena-query") and its results, like
-Athena's, in the output location as <id>.csv and <id>.csv.metadata."""
+Athena's, in the output location as <id>.csv and <id>.csv.metadata, from which GetQueryResults
+reads its pages (never the whole result: a dataset query's may be gigabytes)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from include.localcloud.athena.dialect import NotTrinoSql, to_duckdb
 from include.localcloud.athena.models import (
     DEFAULT_DATABASE,
+    PAGE_ROWS,
     SYSTEM_ERROR,
     WRITE_KEYWORDS,
     GlueCatalog,
@@ -41,10 +42,6 @@ QUERY = "athena-query"
 REQUEST_TOKEN = "athena-request-token"  # ClientRequestToken -> the query it started
 WORKGROUP = "primary"  # the only workgroup; like a new account's, it has no output location
 QUERY_THREADS = 2
-# Results kept in memory for GetQueryResults, newest first, up to this many bytes; the others are
-# read back from their output location when asked for (a dataset query's may be gigabytes).
-CACHED_RESULT_BYTES = 64 * 2**20
-MAX_ROWS_PER_PAGE = 1000
 UNFINISHED = ("QUEUED", "RUNNING")
 ENGINE_VERSION = {"SelectedEngineVersion": "AUTO", "EffectiveEngineVersion": "Athena engine version 3"}
 STOPPED_REASON = "The local cloud stopped before the query finished."
@@ -68,7 +65,6 @@ class AthenaResponse(JsonService):
         self._catalogs: dict[str, GlueCatalog] = {}
         # Queries a worker has taken, with their DuckDB cursor once they have one (to interrupt).
         self._active: dict[str, duckdb.DuckDBPyConnection | None] = {}
-        self._results: OrderedDict[str, QueryResult] = OrderedDict()
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -81,6 +77,10 @@ class AthenaResponse(JsonService):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        with self._lock:
+            for catalog in self._catalogs.values():
+                catalog.close()
+            self._catalogs.clear()
 
     # -- operations ------------------------------------------------------------------------
     def start_query_execution(self, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
@@ -168,13 +168,13 @@ class AthenaResponse(JsonService):
         if state != "SUCCEEDED":
             reason = query["Status"].get("StateChangeReason", "")
             raise invalid(f"Query did not finish successfully. Final query state: {state}. {reason}".strip())
-        result = self._result(query)
+        result, read = self._result(query)
         # Rows are the header (the column labels, like Athena's first row) and then the data.
         total = result.row_count + 1
         start = self._token(params.get("NextToken"), total)
-        end = min(start + (params.get("MaxResults") or MAX_ROWS_PER_PAGE), total)
+        end = min(start + (params.get("MaxResults") or PAGE_ROWS), total)
         first_data_row = max(start, 1)
-        rows = ([result.names] if start == 0 else []) + result.rows(first_data_row - 1, end - first_data_row)
+        rows = ([result.names] if start == 0 else []) + result.rows(first_data_row - 1, end - first_data_row, read)
         page: dict[str, Any] = {
             "UpdateCount": 0,
             "ResultSet": {
@@ -213,9 +213,13 @@ class AthenaResponse(JsonService):
         try:
             if catalog_name.lower() != "awsdatacatalog":
                 raise QueryFailed(f"CATALOG_NOT_FOUND: Catalog '{catalog_name.lower()}' does not exist")
-            result = run_query(self._catalog(region), query["Query"], database, lambda c: self._track(query_id, c))
-            written = time.monotonic()
-            self._write_results(region, query, result)
+            with tempfile.TemporaryDirectory(prefix="athena-result-", dir=self.cloud.state_dir) as folder:
+                path = Path(folder) / "result.csv"
+                result = run_query(
+                    self._catalog(region), query["Query"], database, lambda c: self._track(query_id, c), path
+                )
+                written = time.monotonic()
+                self._write_results(region, query, result, path)
         except duckdb.InterruptException:
             return  # cancelled or stopping: the state is already final
         except QueryFailed as failure:
@@ -225,7 +229,6 @@ class AthenaResponse(JsonService):
             internal = QueryFailed(f"INTERNAL_ERROR: {exc}", 100, SYSTEM_ERROR)
             self._finish(query_id, "FAILED", started, failure=internal)
         else:
-            self._remember(query_id, result)
             self._finish(query_id, "SUCCEEDED", started, result=result, writing_ms=millis(time.monotonic() - written))
 
     def _interrupt(self, which: Callable[[str], bool]) -> None:
@@ -249,47 +252,44 @@ class AthenaResponse(JsonService):
     def _catalog(self, region: str) -> GlueCatalog:
         with self._lock:
             if region not in self._catalogs:
-                self._catalogs[region] = GlueCatalog(self.cloud.client("glue", region), self.cloud.client("s3", region))
+                self._catalogs[region] = GlueCatalog(
+                    self.cloud.client("glue", region), self.cloud.client("s3", region),
+                    self.cloud.state_dir / "athena" / region,
+                )
             return self._catalogs[region]
 
-    def _write_results(self, region: str, query: dict[str, Any], result: QueryResult) -> None:
+    def _write_results(self, region: str, query: dict[str, Any], result: QueryResult, path: Path) -> None:
         location = query["ResultConfiguration"]["OutputLocation"]
         bucket, key = split_s3_uri(location)
         s3 = self.cloud.client("s3", region)
         try:
-            with tempfile.TemporaryDirectory(prefix="athena-result-") as folder:
-                path = Path(folder) / "result.csv"
-                result.write_csv(path)
-                s3.upload_file(str(path), bucket, key)  # from the file, in parts: never one body in memory
+            s3.upload_file(str(path), bucket, key)  # from the file, in parts: never one body in memory
             s3.put_object(Bucket=bucket, Key=f"{key}.metadata", Body=result.metadata())
         except ClientError as exc:
             raise QueryFailed(f"Unable to write query results to {location}: {exc}", 401) from None
 
-    def _result(self, query: dict[str, Any]) -> QueryResult:
-        query_id = query["QueryExecutionId"]
-        with self._lock:
-            if query_id in self._results:
-                self._results.move_to_end(query_id)
-                return self._results[query_id]
+    def _result(self, query: dict[str, Any]) -> tuple[QueryResult, Callable[[int, int], bytes]]:
+        """A finished query's result as its .metadata describes it, and a reader of byte ranges of its CSV."""
         location = query["ResultConfiguration"]["OutputLocation"]
         bucket, key = split_s3_uri(location)
         s3 = self.cloud.client("s3")
-        try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            metadata = s3.get_object(Bucket=bucket, Key=f"{key}.metadata")["Body"].read()
-        except ClientError as exc:
-            raise invalid(f"Unable to read the results of query {query_id} from {location}: {exc}") from None
-        result = QueryResult.from_files(body, metadata)
-        self._remember(query_id, result)
-        return result
 
-    def _remember(self, query_id: str, result: QueryResult) -> None:
-        if result.table.nbytes > CACHED_RESULT_BYTES:
-            return
-        with self._lock:
-            self._results[query_id] = result
-            while sum(cached.table.nbytes for cached in self._results.values()) > CACHED_RESULT_BYTES:
-                self._results.popitem(last=False)
+        def unreadable(why: Exception) -> AwsError:
+            return invalid(f"Unable to read the results of query {query['QueryExecutionId']} from {location}: {why}")
+
+        def read(first: int, last: int) -> bytes:
+            try:
+                return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={first}-{last}")["Body"].read()
+            except ClientError as exc:
+                raise unreadable(exc) from None
+
+        try:
+            metadata = s3.get_object(Bucket=bucket, Key=f"{key}.metadata")["Body"].read()
+            return QueryResult.from_metadata(metadata), read
+        except ClientError as exc:
+            raise unreadable(exc) from None
+        except (KeyError, ValueError) as exc:  # e.g. a .metadata of an earlier version
+            raise unreadable(ValueError(f"its .metadata lacks {exc}")) from None
 
     # -- state -----------------------------------------------------------------------------
     def _query(self, query_id: str) -> dict[str, Any]:
