@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +309,13 @@ def offline_row(values: dict[str, Value], event_time: float, invoked_at: float, 
 
 
 def partition_path(event_time: float) -> str:
-    moment = dt.datetime.fromtimestamp(event_time, dt.UTC)
+    return _hour_path(int(event_time // 3600))
+
+
+@lru_cache(maxsize=1024)
+def _hour_path(hour: int) -> str:
+    """The partition of an hour since the epoch: made once, not for each of its rows."""
+    moment = dt.datetime.fromtimestamp(hour * 3600, dt.UTC)
     return f"year={moment:%Y}/month={moment:%m}/day={moment:%d}/hour={moment:%H}"
 
 
