@@ -10,9 +10,11 @@ feature values (event time aside) are skipped, so a re-run on unchanged data, or
 failure, puts only new or changed records. The others go, by mode:
 
 - online_and_offline: PutRecord, `--workers` calls at once in each of `--processes` processes
-  (default: one per CPU; each takes every Nth record), as the SageMaker SDK's ingestion manager
-  spreads its calls over processes: boto3 spends about 1 ms of CPU a call, so one process's
-  threads, sharing one interpreter, top out near 1,000 calls/s (botocore's standard retry mode
+  (each takes every Nth record), as the SageMaker SDK's ingestion manager can spread its calls
+  over processes. The default is one: with this client's configuration boto3 spends about 0.7 ms
+  of CPU a call, so one interpreter sends about 1,400 calls/s, and on 2 cores shared with the
+  local cloud, 2 processes cost 30 % more client and 25 % more server CPU a record, and were
+  slower; give more on an instance whose CPUs are the job's own (botocore's standard retry mode
   retries throttled and failed calls with exponential back-off, up to `--max-attempts` tries a record);
 - offline_only: a batch write of the offline store, as the Feature Store Spark connector's
   OfflineStore target does: Parquet files in the group's offline-store S3 layout
@@ -390,8 +392,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-dir", type=Path, default=BASE_DIR / "processing" / "input" / "records")
     parser.add_argument("--output-dir", type=Path, default=BASE_DIR / "processing" / "output")
     parser.add_argument("--workers", type=int, default=8, help="concurrent PutRecord calls per process")
-    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
-                        help="processes putting records (online_and_offline; default: one per CPU)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes putting records (online_and_offline)")
     parser.add_argument("--max-attempts", type=int, default=5, help="tries of a record before it fails")
     args = parser.parse_args(argv)
     for name in ("workers", "processes", "max_attempts"):
