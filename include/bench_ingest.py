@@ -6,12 +6,16 @@ Baseline: what the Airflow worker did before ingestion became a processing job, 
 memory and 8 PutRecord threads in this process. Then the ingest job (include/jobs/ingest.py, the
 DAG's request from include/pipeline/configs.py): online_and_offline on 1 and 2 instances (the
 records in 2 files), a re-run on unchanged data, and offline_only. Each figure is records over
-the job's ProcessingStartTime-to-ProcessingEndTime, with the ratio against the baseline."""
+the job's ProcessingStartTime-to-ProcessingEndTime, with the ratio against the baseline, and the
+CPU milliseconds a record of the client (the baseline's threads, or the job's processes: the local
+cloud's waited-for children) and of the local cloud server, which depend less on the machine's
+other load than records/s does."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +31,13 @@ from include.pipeline.settings import JOBS_DIR, Settings
 BUCKET = "localcloud-bench"
 SETTINGS = Settings(bucket=BUCKET)
 THREADS = 8
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process, and of its children it has waited for (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def records_of(seed: list[dict[str, str]], policies: int) -> list[dict[str, str]]:
@@ -61,17 +72,21 @@ def run_job(url: str, layout: RunLayout, name: str, group: str, mode: str, insta
     return (job["ProcessingEndTime"] - job["ProcessingStartTime"]).total_seconds(), put
 
 
-def measure(url: str, work: Path, seed: list[dict[str, str]], policies: int) -> list[tuple[str, float, int]]:
+Result = tuple[str, float, int, float, float]  # measure, seconds, records put, client and server CPU seconds
+
+
+def measure(url: str, server: int, work: Path, seed: list[dict[str, str]], policies: int) -> list[Result]:
     rows = records_of(seed, policies)
     sagemaker, s3 = client(url, "sagemaker"), client(url, "s3")
     results = []
     group = f"baseline-{policies}"
     create_feature_group(sagemaker, "claims", group)
     calls = put_calls(client(url, "sagemaker-featurestore-runtime"), group, rows)
-    started = time.monotonic()
+    started, client_started, (server_started, _) = time.monotonic(), time.process_time(), cpu_seconds(server)
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda call: call(), calls))
-    results.append(("baseline: 8 PutRecord threads in the Airflow worker", time.monotonic() - started, policies))
+    results.append(("baseline: 8 PutRecord threads in the Airflow worker", time.monotonic() - started, policies,
+                    time.process_time() - client_started, cpu_seconds(server)[0] - server_started))
 
     for label, instances, mode, fresh in (
         ("ingest job, online_and_offline, 1 instance", 1, "online_and_offline", True),
@@ -87,8 +102,10 @@ def measure(url: str, work: Path, seed: list[dict[str, str]], policies: int) -> 
         for script in JOBS_DIR.glob("*.py"):
             s3.upload_file(str(script), BUCKET, f"bench-{key}/code/{script.name}")
         upload_parts(s3, work, layout.processed("claims"), rows, instances)
+        server_started, jobs_started = cpu_seconds(server)
         seconds, put = run_job(url, layout, f"bench-ingest-{key}", group, mode, instances)
-        results.append((label, seconds, put))
+        server_ended, jobs_ended = cpu_seconds(server)
+        results.append((label, seconds, put, jobs_ended - jobs_started, server_ended - server_started))
     return results
 
 
@@ -97,17 +114,19 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         seed = processed_rows(work, "claims")
-        with local_cloud(work / "state") as (url, _):
+        with local_cloud(work / "state") as (url, server):
             client(url, "s3").create_bucket(Bucket=BUCKET)
             for policies in sizes:
-                results = measure(url, work, seed, policies)
+                results = measure(url, server.pid, work, seed, policies)
                 baseline = policies / results[0][1]
                 print(f"\n{policies:,} claims records")
-                print(f"| {'measure':<52} | seconds | records put | records/s | vs baseline |")
-                print(f"|{'-' * 54}|---------|-------------|-----------|-------------|")
-                for label, seconds, put in results:
+                print(f"| {'measure':<52} | seconds | records put | records/s | vs baseline "
+                      "| client CPU ms/record | server CPU ms/record |")
+                print(f"|{'-' * 54}|---------|-------------|-----------|-------------|{'-' * 22}|{'-' * 22}|")
+                for label, seconds, put, client_cpu, server_cpu in results:
                     rate = policies / seconds
-                    print(f"| {label:<52} | {seconds:7.1f} | {put:11,} | {rate:9.0f} | {rate / baseline:10.2f}x |")
+                    print(f"| {label:<52} | {seconds:7.1f} | {put:11,} | {rate:9.0f} | {rate / baseline:10.2f}x "
+                          f"| {1000 * client_cpu / policies:20.3f} | {1000 * server_cpu / policies:20.3f} |")
     return 0
 
 

@@ -10,9 +10,11 @@ feature values (event time aside) are skipped, so a re-run on unchanged data, or
 failure, puts only new or changed records. The others go, by mode:
 
 - online_and_offline: PutRecord, `--workers` calls at once in each of `--processes` processes
-  (default: one per CPU; each takes every Nth record), as the SageMaker SDK's ingestion manager
-  spreads its calls over processes: boto3 spends about 1 ms of CPU a call, so one process's
-  threads, sharing one interpreter, top out near 1,000 calls/s (botocore's standard retry mode
+  (each takes every Nth record), as the SageMaker SDK's ingestion manager can spread its calls
+  over processes. The default is one: with this client's configuration boto3 spends about 0.7 ms
+  of CPU a call, so one interpreter sends about 1,400 calls/s, and on 2 cores shared with the
+  local cloud, 2 processes cost 30 % more client and 25 % more server CPU a record, and were
+  slower; give more on an instance whose CPUs are the job's own (botocore's standard retry mode
   retries throttled and failed calls with exponential back-off, up to `--max-attempts` tries a record);
 - offline_only: a batch write of the offline store, as the Feature Store Spark connector's
   OfflineStore target does: Parquet files in the group's offline-store S3 layout
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
+import botocore
 import checks
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,6 +63,7 @@ ROW_GROUP_ROWS = 10_000  # offline-store rows held before they are written to th
 SHOWN_FAILURES = 5
 ARROW_TYPES = {"Integral": pa.int64(), "Fractional": pa.float64(), "String": pa.string()}
 MILLIS = pa.timestamp("ms")
+USER_AGENT = f"Boto3/{boto3.__version__} Botocore/{botocore.__version__} fraud-ingest-job"
 T = TypeVar("T")
 
 
@@ -217,13 +221,15 @@ def unchanged_records(runtime: Any, group: Group, batch: list[tuple[int, dict[st
 
 
 class OnlineWriter:
-    """PutRecord calls on a thread pool, at most `workers` running and as many waiting: memory
-    stays bounded however many records stream in."""
+    """PutRecord calls on a thread pool, at most `workers` running and a lookup batch and `workers`
+    more waiting: memory stays bounded however many records stream in, and a batch's records are
+    put while the next batch's BatchGetRecord is under way (with room for only `workers` waiting,
+    the pool ran dry during each lookup)."""
 
     def __init__(self, runtime: Any, group: Group, workers: int, outcome: Outcome) -> None:
         self.runtime, self.group, self.outcome = runtime, group, outcome
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="put-record")
-        self.room = threading.BoundedSemaphore(2 * workers)
+        self.room = threading.BoundedSemaphore(LOOKUP_BATCH + 2 * workers)
 
     def write(self, record: dict[str, str], position: int) -> None:
         self.room.acquire()
@@ -348,9 +354,11 @@ def ingest(group: Group, mode: str, input_dir: Path, runtime: Any, s3: Any, work
 
 def client_config(args: argparse.Namespace) -> Config:
     # No client-side parameter validation: the service validates every request against the same
-    # model, and botocore's check of a record's features costs 0.15 ms of CPU a call.
+    # model, and botocore's check of a record's features costs 0.15 ms of CPU a call. A fixed
+    # User-Agent: botocore otherwise rebuilds and sanitizes its own, character by character,
+    # twice a call (a tenth of the client's CPU a PutRecord).
     return Config(retries={"mode": "standard", "total_max_attempts": args.max_attempts},
-                  max_pool_connections=args.workers, parameter_validation=False)
+                  max_pool_connections=args.workers, parameter_validation=False, user_agent=USER_AGENT)
 
 
 def ingest_stripe(group: Group, args: argparse.Namespace, stripe: tuple[int, int]) -> Outcome:
@@ -384,8 +392,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-dir", type=Path, default=BASE_DIR / "processing" / "input" / "records")
     parser.add_argument("--output-dir", type=Path, default=BASE_DIR / "processing" / "output")
     parser.add_argument("--workers", type=int, default=8, help="concurrent PutRecord calls per process")
-    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
-                        help="processes putting records (online_and_offline; default: one per CPU)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes putting records (online_and_offline)")
     parser.add_argument("--max-attempts", type=int, default=5, help="tries of a record before it fails")
     args = parser.parse_args(argv)
     for name in ("workers", "processes", "max_attempts"):

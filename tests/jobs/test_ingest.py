@@ -73,16 +73,16 @@ def make_group(aws: Callable[..., Any], name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def ingest(cloud: LocalCloud, tmp_path: Path) -> Callable[..., tuple[subprocess.CompletedProcess, dict | None]]:
-    """ingest(group, mode, input_dir) -> (finished process, its summary or None), run as a
+    """ingest(group, mode, input_dir, *options) -> (finished process, its summary or None), run as a
     container runs it: its AWS calls reach the local cloud through boto3's default resolution."""
 
-    def run(group: str, mode: str, input_dir: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
+    def run(group: str, mode: str, input_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict | None]:
         base = tmp_path / f"opt-ml-{time.monotonic_ns()}"
         env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "AWS_ENDPOINT_URL": cloud.url,
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
         done = subprocess.run(
             [sys.executable, str(JOBS_DIR / "ingest.py"), "--feature-group-name", group, "--mode", mode,
-             "--input-dir", str(input_dir), "--output-dir", str(base / "out")],
+             "--input-dir", str(input_dir), "--output-dir", str(base / "out"), *options],
             env=env, capture_output=True, text=True, timeout=120,
         )
         summary = base / "out" / "algo-1.json"
@@ -190,10 +190,11 @@ def test_failed_records_fail_the_job_and_a_retry_completes_it(aws, ingest, proce
     group = make_group(aws, "ingest-retry")
     name = group["FeatureGroupName"]
     broken = [dict(row) for row in processed]
-    for index in (10, 20, 30, 40, 50, 60):
+    for index in (10, 20, 30, 40, 50, 61):  # 61: in the second process's stripe
         broken[index]["num_injuries"] = "many"
     for mode in ("online_and_offline", "offline_only"):
-        done, summary = ingest(name, mode, write_records(tmp_path / f"broken-{mode}", broken))
+        # online_and_offline from 2 processes: their failures are gathered, in input order.
+        done, summary = ingest(name, mode, write_records(tmp_path / f"broken-{mode}", broken), "--processes", "2")
         assert done.returncode == 1 and summary is None
         ids = ", ".join(processed[i]["policy_id"] for i in (10, 20, 30, 40, 50))
         assert f"6 of {RECORDS} records failed to ingest into {name} (record identifiers {ids} and 1 more)" in (
@@ -201,7 +202,7 @@ def test_failed_records_fail_the_job_and_a_retry_completes_it(aws, ingest, proce
         assert "num_injuries" in done.stderr
     wait_for(lambda: len(athena_rows(aws, group)) == RECORDS - 6 + 1)  # the good ones, put online
 
-    done, summary = ingest(name, "online_and_offline", write_records(tmp_path / "fixed", processed))
+    done, summary = ingest(name, "online_and_offline", write_records(tmp_path / "fixed", processed), "--processes", "2")
     assert done.returncode == 0, done.stderr
     assert (summary["Put"], summary["Unchanged"]) == (6, RECORDS - 6)
     wait_for(lambda: len(athena_rows(aws, group)) == RECORDS + 1)
