@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 
+from include.localcloud.featurestore.models import FLUSH_INTERVAL_SECONDS
+from include.localcloud.featurestore.responses import FeatureStoreRuntimeResponse
 from include.localcloud.server import LocalCloud
 from tests.conftest import make_client
 
@@ -384,3 +386,32 @@ def test_offline_rows_wait_in_the_journal_until_s3_takes_them(tmp_path) -> None:
         s3 = make_client(second, "s3")
         s3.create_bucket(Bucket=bucket)
         wait_for(lambda: read_offline(s3, group).num_rows == 5)
+
+
+def test_a_group_s3_refuses_waits_before_its_rows_are_read_again(tmp_path, monkeypatch) -> None:
+    """A group whose offline files cannot be written is tried again after a wait, not on every
+    tick: its rows waiting in the journal are not read and made into Parquet each second, a cost
+    that grew with them (and with it the server's CPU per record, run after run)."""
+    bucket = f"refused-{uuid.uuid4().hex[:8]}"
+    with LocalCloud(tmp_path, port=0) as cloud:
+        s3 = make_client(cloud, "s3")
+        group = create_group(make_client(cloud, "sagemaker"), s3, bucket=bucket)
+        s3.delete_bucket(Bucket=bucket)  # the offline store cannot be written now
+        writer = next(service.offline for service in cloud.services if isinstance(service, FeatureStoreRuntimeResponse))
+        writer.stop()  # flushed by hand below
+        tried: list[int] = []
+        write = writer._write_group
+        monkeypatch.setattr(writer, "_write_group", lambda group, rows: (tried.append(len(rows)), write(group, rows)))
+        fs = make_client(cloud, "sagemaker-featurestore-runtime")
+        for policy_id in range(5):
+            fs.put_record(FeatureGroupName=group["FeatureGroupName"], Record=claim(policy_id, 5.0))
+        for _ in range(3):
+            writer.flush()
+        assert tried == [5]  # the first flush tried; the next ones left its rows unread
+        assert len(writer.records.pending(0, writer.records.last_seq(), 100)) == 5
+        s3.create_bucket(Bucket=bucket)
+        time.sleep(2 * FLUSH_INTERVAL_SECONDS + 0.5)  # past its first wait
+        writer.flush()
+        assert tried == [5, 5]
+        assert read_offline(s3, group).num_rows == 5
+        assert writer.records.pending(0, writer.records.last_seq(), 100) == []

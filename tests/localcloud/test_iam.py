@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from moto.sts.models import sts_backends
 from sagemaker.core import image_uris
 
+from include.localcloud.access import enforcer
 from include.localcloud.access.policy import Decision, evaluate
 from include.localcloud.server import ACCOUNT_ID, ALLOWED_ACTIONS_PATH, LocalCloud
 from tests.localcloud.test_featurestore import claim, create_group, offline_objects, wait_for
@@ -198,6 +199,20 @@ def test_s3_objects_are_checked_by_bucket_and_key(enforced: LocalCloud, user: Ca
     assert (f'is not authorized to perform: s3:PutObject on resource: "arn:aws:s3:::{bucket}/theirs/b.txt" '
             "because no identity-based policy allows the s3:PutObject action") in error["Message"]
     assert error_of(lambda: s3.delete_object(Bucket=bucket, Key="mine/a.txt"))["Code"] == "AccessDenied"
+
+
+def test_the_decisions_cached_stay_bounded(enforced: LocalCloud, user: Callable[..., Any],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each S3 object is a resource of its own, decided once: a cache kept of every one (the
+    offline store puts a new object every second) would grow without end."""
+    monkeypatch.setattr(enforcer, "KEPT_DECISIONS", 3)
+    bucket = f"iam-{uuid.uuid4().hex[:8]}"
+    enforced.client("s3").create_bucket(Bucket=bucket)
+    s3 = user(allow("s3:PutObject", f"arn:aws:s3:::{bucket}/*"))("s3")
+    for number in range(10):
+        s3.put_object(Bucket=bucket, Key=f"object-{number}", Body=b"x")
+    assert len(enforced.access._decisions) <= 3
+    assert error_of(lambda: s3.delete_object(Bucket=bucket, Key="object-0"))["Code"] == "AccessDenied"
 
 
 def test_assumed_role_is_the_principal_of_its_temporary_credentials(

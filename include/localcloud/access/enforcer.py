@@ -43,6 +43,7 @@ ROOT_CREDENTIALS_FILE = "root-credentials.json"  # in the state folder: the acco
 ROOT_MAY_NOT_ASSUME_ROLES = "Roles may not be assumed by root accounts."
 KEPT_RESOURCES = 50  # resources remembered per allowed action, to show what an action was used on
 KEPT_DESCRIPTIONS = 10_000  # REST paths remembered with their action and resource
+KEPT_DECISIONS = 10_000  # decisions cached: S3 object keys, each new, would grow it without end
 
 # AWS's error code and message, by protocol, for each way a signature fails.
 _SIGNATURE_ERRORS: dict[str, dict[str, tuple[str, str | None, int]]] = {
@@ -265,6 +266,8 @@ class Enforcer:
                 docs = self._documents[principal.arn] = documents(principal.policies)
             context = {"aws:RequestedRegion": region, "aws:PrincipalArn": principal.identity_arn,
                        "aws:SecureTransport": "false", **extra}
+            if len(decisions) >= KEPT_DECISIONS:
+                decisions = self._decisions = {}
             decision = decisions[key] = evaluate(docs, action, resource, context)
         return decision
 

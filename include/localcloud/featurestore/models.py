@@ -12,8 +12,9 @@ import math
 import re
 import secrets
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +34,10 @@ ONLINE_STORE = "OnlineStore"
 OFFLINE_STORE = "OfflineStore"
 FLUSH_INTERVAL_SECONDS = 1.0
 FLUSH_BATCH_ROWS = 50_000
+# A group whose files S3 refuses (its role may not write them, its bucket is gone) is tried again
+# after a wait that doubles from 2 ticks up to this: its rows, waiting in the journal, are not
+# read and made into Parquet again every tick.
+RETRY_MAX_SECONDS = 60.0
 TTL_UNIT_SECONDS = {"Seconds": 1, "Minutes": 60, "Hours": 3600, "Days": 86400, "Weeks": 604800}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INTEGRAL = re.compile(r"[+-]?\d+")
@@ -283,13 +288,16 @@ class RecordStore:
         with self._lock:
             return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
 
-    def pending(self, after: int, up_to: int, limit: int) -> list[tuple[int, str, str, dict[str, Any]]]:
-        """The oldest journal rows in (after, up_to]: (seq, group key, group name, row)."""
+    def pending(
+        self, after: int, up_to: int, limit: int, skipped: Iterable[str] = ()
+    ) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """The oldest journal rows in (after, up_to], but those of the `skipped` group keys:
+        (seq, group key, group name, row)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, group_key, group_name, row FROM journal WHERE seq > ? AND seq <= ?"
-                " ORDER BY seq LIMIT ?",
-                (after, up_to, limit),
+                " AND group_key NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
+                (after, up_to, json.dumps(sorted(skipped)), limit),
             ).fetchall()
         return [(seq, key, name, json.loads(row)) for seq, key, name, row in rows]
 
@@ -336,7 +344,8 @@ def to_arrow(group: FeatureGroup, rows: list[dict[str, Any]], written_at: float)
 class OfflineWriter:
     """Flushes the journal to S3 about every second, and once more on stop. Rows leave the journal
     only after their Parquet file is uploaded (at-least-once, as the real offline store). Each
-    group's files are put as its RoleArn (when IAM is enforced, its policies must allow it)."""
+    group's files are put as its RoleArn (when IAM is enforced, its policies must allow it); a
+    group whose files could not be written is tried again after a wait (RETRY_MAX_SECONDS)."""
 
     def __init__(
         self,
@@ -347,9 +356,11 @@ class OfflineWriter:
         self.records = records
         self.describe = describe
         self.s3_client = s3_client
-        # A failed flush is logged; its rows wait in the journal for the next tick.
+        # A flush that fails is logged and tried again on the next tick.
         self._flushes = PeriodicWork(self.flush, FLUSH_INTERVAL_SECONDS, "featurestore-offline")
         self._flush_lock = threading.Lock()
+        # group key -> (time.monotonic() of its next try, the wait before it), after a failed write
+        self._retries: dict[str, tuple[float, float]] = {}
 
     def start(self) -> None:
         self._flushes.start()
@@ -362,12 +373,15 @@ class OfflineWriter:
         """Write the journal's rows to S3: those there when the flush starts, so that steady
         ingestion makes one file per partition and tick."""
         with self._flush_lock:
+            now = time.monotonic()
+            waiting = {key for key, (due, _) in self._retries.items() if due > now}
             after, up_to = 0, self.records.last_seq()
-            while batch := self.records.pending(after, up_to, FLUSH_BATCH_ROWS):
-                self.records.forget(self._flush_batch(batch))
-                after = batch[-1][0]  # rows of a group that could not be written wait for the next tick
+            while batch := self.records.pending(after, up_to, FLUSH_BATCH_ROWS, waiting):
+                self.records.forget(self._flush_batch(batch, waiting))
+                after = batch[-1][0]  # rows of a group that could not be written wait for its next try
 
-    def _flush_batch(self, batch: list[tuple[int, str, str, dict[str, Any]]]) -> list[int]:
+    def _flush_batch(self, batch: list[tuple[int, str, str, dict[str, Any]]], waiting: set[str]) -> list[int]:
+        """Write a batch's rows by group; a group that fails joins `waiting`, its rows left."""
         by_group: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         for seq, key, name, row in batch:
             by_group[(key, name)].append((seq, row))
@@ -376,12 +390,18 @@ class OfflineWriter:
             group = self.describe(name)
             if group is None or group.key != key or group.offline_uri is None:
                 flushed += [seq for seq, _ in rows]  # the group is gone: so is its offline data
+                self._retries.pop(key, None)
                 continue
             try:
                 self._write_group(group, [row for _, row in rows])
             except Exception as exc:  # e.g. the bucket is gone: the rows stay in the journal
-                log.warning("could not write offline records of feature group %s (will retry): %s", name, exc)
+                wait = min(2 * self._retries.get(key, (0.0, FLUSH_INTERVAL_SECONDS))[1], RETRY_MAX_SECONDS)
+                self._retries[key] = (time.monotonic() + wait, wait)
+                waiting.add(key)  # its later rows too, in this flush
+                log.warning("could not write offline records of feature group %s (will retry in %.0f s): %s",
+                            name, wait, exc)
                 continue
+            self._retries.pop(key, None)
             flushed += [seq for seq, _ in rows]
         return flushed
 
