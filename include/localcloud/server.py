@@ -19,9 +19,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from waitress import wasyncore
+from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer, TcpWSGIServer
+from waitress.server import BaseWSGIServer
 from werkzeug.wrappers import Request, Response
 
 from include.localcloud.access.enforcer import ENFORCE, Enforcer
@@ -149,7 +149,7 @@ class LocalCloud:
         # waitress: keep-alive connections and a fixed thread pool, so a boto3 client reuses
         # its connection instead of paying a TCP handshake and a new thread per request. poll()
         # instead of select(), which cannot watch descriptors past 1023.
-        self._server = _Server(
+        self._server = create_server(
             self,
             host=self.host,
             port=self.port,
@@ -157,10 +157,11 @@ class LocalCloud:
             max_request_body_size=MAX_REQUEST_BYTES,
             connection_limit=min(CONNECTION_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2),
             channel_timeout=IDLE_TIMEOUT,
-            cleanup_interval=1,  # the idle and header timeouts are checked every second
+            cleanup_interval=min(10, IDLE_TIMEOUT),
             asyncore_use_poll=True,
             ident="localcloud",
         )
+        self._server.channel_class = _Channel
         self.port = self._server.effective_port
         self._thread = threading.Thread(target=self._server.run, name="localcloud", daemon=True)
         self._thread.start()
@@ -241,6 +242,12 @@ class _Channel(HTTPChannel):
             self.header_deadline = None
         return result
 
+    def writable(self) -> bool:
+        # Asked on every turn of the serving loop (at least once a second): closing is a write.
+        if self.header_deadline is not None and not self.requests and time.monotonic() > self.header_deadline:
+            self.will_close = True
+        return bool(super().writable())
+
     def send_continue(self) -> None:
         """waitress 3.0.2 answers "Expect: 100-continue" on a request without a body (botocore
         sends one for an empty S3 upload) and then waits forever for that body: such a request
@@ -249,21 +256,6 @@ class _Channel(HTTPChannel):
             self.request.expect_continue = False
             return
         super().send_continue()
-
-
-class _Server(TcpWSGIServer):
-    """waitress's server of one address, with _Channel's connections and their header timeout."""
-
-    channel_class = _Channel
-
-    def maintenance(self, now: float) -> None:
-        # Run by the serving loop every cleanup_interval, not on every turn as a channel's
-        # writable() is (for each open connection): closing a connection is a write.
-        super().maintenance(now)  # the idle timeout
-        moment = time.monotonic()
-        for channel in self.active_channels.values():
-            if channel.header_deadline is not None and not channel.requests and moment > channel.header_deadline:
-                channel.will_close = True
 
 
 def _shutdown(server: BaseWSGIServer, thread: threading.Thread) -> None:
