@@ -170,7 +170,7 @@ def _user_key(iam: Any, name: str, path: Path) -> dict[str, str]:
     made = iam.create_access_key(UserName=name)["AccessKey"]
     path.touch(mode=0o600)  # readable by its owner only, as the root's key
     path.write_text(json.dumps({"AccessKeyId": made["AccessKeyId"], "SecretAccessKey": made["SecretAccessKey"]}))
-    return _read_key(path)
+    return {"aws_access_key_id": made["AccessKeyId"], "aws_secret_access_key": made["SecretAccessKey"]}
 
 
 def deploy_local(cloud_url: str, settings: Settings, state_dir: Path,
