@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from include.localcloud.bench import client, create_feature_group, local_cloud, processed_rows, put_calls
 from include.pipeline import configs
@@ -34,10 +35,9 @@ THREADS = 8
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of a process, and of its children it has waited for (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    """CPU seconds (user + system) of a process, and of its children it has waited for."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system, times.children_user + times.children_system
 
 
 def records_of(seed: list[dict[str, str]], policies: int) -> list[dict[str, str]]:
