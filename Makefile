@@ -13,7 +13,7 @@ LOCALCLOUD_PORT ?= 4566
 LOCALCLOUD_STATE ?= .localcloud
 export LOCALCLOUD_PORT LOCALCLOUD_STATE
 
-.PHONY: venv dev-venv cloud run data test test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-scale bench-athena bench-stack clean up down status logs aws-infra
+.PHONY: venv dev-venv cloud run data test test-stack test-compose test-fast lint bench bench-cloud bench-run bench-ingest bench-scale bench-athena bench-stack clean up down status logs aws-infra
 
 venv: $(VENV)/.installed
 
@@ -74,7 +74,13 @@ lint: dev-venv
 
 test: dev-venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not stack"
+
+## The dev stack as processes, for real (slow, so not part of make test): make up and down, a run
+## triggered through the REST API, make run, the trigger form in Chromium, a run surviving its task
+## process and the local cloud killed. Holds free ports of its own while it runs.
+test-stack: dev-venv
+	$(BIN)/python -m pytest -q -m stack
 
 ## docker-compose.yaml started for real (slow, so not part of make test): an engine (the running one,
 ## or, as root, one it installs and starts), official images or local stand-ins, the stack with

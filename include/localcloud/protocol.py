@@ -166,6 +166,10 @@ def _check_range(shape: Shape, number: float, fail: Callable[[str], None]) -> No
 
 
 Check = Callable[[Any], bool]
+# Valid strings remembered per string shape, so a value seen before is not matched again: at most
+# 4096 of at most 64 characters, a few hundred kB a shape.
+VALID_STRINGS_KEPT = 4096
+VALID_STRING_KEPT_CHARS = 64
 
 
 @cache
@@ -213,9 +217,18 @@ def is_valid(shape: Shape) -> Check:
         pattern = shape.metadata.get("pattern")
         regex = _compiled(pattern) if pattern else None
 
+        valid: set[str] = set()  # short values found valid: feature names and categories come again and again
+
         def string(value: Any) -> bool:
-            return (isinstance(value, str) and low <= len(value) <= high and (not enum or value in enum)
-                    and (regex is None or regex.fullmatch(value) is not None))
+            if not isinstance(value, str):
+                return False
+            if value in valid:
+                return True
+            ok = low <= len(value) <= high and (not enum or value in enum) and (
+                regex is None or regex.fullmatch(value) is not None)
+            if ok and len(value) <= VALID_STRING_KEPT_CHARS and len(valid) < VALID_STRINGS_KEPT:
+                valid.add(value)
+            return ok
 
         return string
     if kind in ("integer", "long"):

@@ -22,6 +22,7 @@ from botocore.config import Config
 from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 from werkzeug.wrappers import Request, Response
 
 from include.localcloud.access.enforcer import ENFORCE, Enforcer
@@ -53,6 +54,10 @@ HEADER_TIMEOUT = 10
 CONNECTION_LIMIT = 1000
 ALLOWED_ACTIONS_PATH = "/_localcloud/iam/allowed"  # what LOCALCLOUD_IAM=enforce allowed, per user or role
 IAM_CHANGING_SERVICES = ("iam", "cloudformation")  # their writes can change users, roles and policies
+# The Feature Store runtime's records (PutRecord, GetRecord, DeleteRecord) are served on the serving
+# loop's own thread: each is a short piece of in-process work, and handing it to a worker thread and
+# its answer back cost the server more CPU than the work.
+SERVED_BY_THE_LOOP = ("/FeatureGroup/", "/sagemaker/aws4_request")  # path prefix, signing scope
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
 
 
@@ -160,6 +165,7 @@ class LocalCloud:
             cleanup_interval=min(10, IDLE_TIMEOUT),
             asyncore_use_poll=True,
             ident="localcloud",
+            _dispatcher=_Dispatcher(SERVER_THREADS),
         )
         self._server.channel_class = _Channel
         self.port = self._server.effective_port
@@ -225,21 +231,34 @@ class LocalCloud:
 
 
 class _Channel(HTTPChannel):
-    """waitress's connection, with the header timeout it lacks: its channel_timeout closes only
+    """waitress's connection, with the header timeout it lacks (its channel_timeout closes only
     connections silent that long, so one that sends a byte now and then could hold a connection
-    forever, and enough of them all the connections the server takes."""
+    forever, and enough of them all the connections the server takes), and serving the requests
+    _Dispatcher leaves to the serving loop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_deadline: float | None = time.monotonic() + HEADER_TIMEOUT
+        self.reading = False  # True while the serving loop reads and serves this channel
+        self.serve_in_the_loop = False
 
     def received(self, data: bytes) -> bool:
+        self.reading = True
+        try:
+            return self._received(data)
+        finally:
+            self.reading = False
+
+    def _received(self, data: bytes) -> bool:
         result = super().received(data)
         if self.request is not None and not self.request.headers_finished:
             if self.header_deadline is None:
                 self.header_deadline = time.monotonic() + HEADER_TIMEOUT
         else:
             self.header_deadline = None
+        while self.serve_in_the_loop:  # set by _Dispatcher; serving may queue the next request
+            self.serve_in_the_loop = False
+            self.service()
         return result
 
     def writable(self) -> bool:
@@ -256,6 +275,26 @@ class _Channel(HTTPChannel):
             self.request.expect_continue = False
             return
         super().send_continue()
+
+
+class _Dispatcher(ThreadedTaskDispatcher):
+    """waitress's worker threads, but for SERVED_BY_THE_LOOP requests the serving loop has just read,
+    which the channel serves itself when it has read them (add_task is called while the channel
+    holds its requests lock). A request a worker queues after another on its connection stays with
+    the workers: the loop would not come back to it."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__()
+        self.set_thread_count(threads)
+
+    def add_task(self, task: Any) -> None:
+        request = task.requests[0] if isinstance(task, _Channel) and task.reading else None
+        path_prefix, scope = SERVED_BY_THE_LOOP
+        if request is not None and request.path.startswith(path_prefix) and scope in request.headers.get(
+                "AUTHORIZATION", ""):
+            task.serve_in_the_loop = True
+        else:
+            super().add_task(task)
 
 
 def _shutdown(server: BaseWSGIServer, thread: threading.Thread) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 import time
 import uuid
 from typing import Any
@@ -60,16 +61,17 @@ def query(athena: Any, sql: str, database: str = "default") -> list[list[str | N
     return rows_of(athena, done["QueryExecutionId"])
 
 
-def csv_table(aws: Any, rows: list[str], columns: list[dict[str, str]], serde: str, **options: Any) -> str:
-    """A Glue table over CSV objects written to S3; returns its name (database "csvdata")."""
+def csv_table(aws: Any, rows: list[str], columns: list[dict[str, str]], serde: str, database: str = "csvdata",
+              **options: Any) -> str:
+    """A Glue table over CSV objects written to S3, in `database`; returns its name."""
     name = f"t_{uuid.uuid4().hex[:8]}"
     s3, glue = aws("s3"), aws("glue")
     s3.put_object(Bucket=BUCKET, Key=f"csv/{name}/part-0.csv", Body="\n".join(rows).encode() + b"\n")
     try:
-        glue.create_database(DatabaseInput={"Name": "csvdata"})
+        glue.create_database(DatabaseInput={"Name": database})
     except glue.exceptions.AlreadyExistsException:
         pass
-    glue.create_table(DatabaseName="csvdata", TableInput={
+    glue.create_table(DatabaseName=database, TableInput={
         "Name": name,
         "Parameters": options.pop("table_parameters", {}),
         "PartitionKeys": options.pop("partition_keys", []),
@@ -301,6 +303,33 @@ def test_cache_follows_new_and_changed_objects(aws, bucket) -> None:
     assert query(athena, sql)[1] == ["110"]
     s3.delete_object(Bucket=BUCKET, Key=f"csv/{name}/part-1.csv")
     assert query(athena, sql)[1] == ["100"]
+
+
+def test_first_queries_of_a_database_at_once_all_get_their_schema(tmp_path) -> None:
+    """As the pipeline's two offline-store sensors do: the first queries of a database start at
+    once. Before each schema was created once, about half of these rounds had a query fail with
+    DuckDB's "Catalog write-write conflict on create"."""
+    catalog = athena_models.GlueCatalog(glue=None, s3=None, folder=tmp_path / "catalog")
+
+    def first_query(database: str, barrier: threading.Barrier, failures: list[Exception]) -> None:
+        barrier.wait()
+        try:
+            catalog.cursor(database).close()
+        except Exception as exc:  # any failure is the finding
+            failures.append(exc)
+
+    try:
+        for round_number in range(20):
+            barrier, failures = threading.Barrier(8), []
+            threads = [threading.Thread(target=first_query, args=(f"new_{round_number}", barrier, failures))
+                       for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert not failures, f"round {round_number}: {failures[0]}"
+    finally:
+        catalog.close()
 
 
 def test_request_validation_and_idempotency(aws, bucket) -> None:

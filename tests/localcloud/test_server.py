@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -316,3 +318,39 @@ def test_header_and_idle_timeouts_free_connections(tmp_path, monkeypatch) -> Non
             idle.sendall(b"GET /ping-nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert idle.recv(65536).startswith(b"HTTP/1.1 ")
             assert closed_by_server(idle, within=4)
+
+
+def signed_for(service: str, method: str, path: str) -> bytes:
+    """A request whose SigV4 scope names `service` (the local cloud routes by it; without IAM
+    enforced it does not check the signature)."""
+    scope = f"Credential=test/20261202/us-east-1/{service}/aws4_request"
+    return (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
+            f"Authorization: AWS4-HMAC-SHA256 {scope}, SignedHeaders=host, Signature=0\r\n\r\n").encode()
+
+
+def test_records_are_served_by_the_serving_loop_and_pipelined_requests_all_answered(cloud, monkeypatch) -> None:
+    """GetRecord, read by the serving loop, is served on its thread; S3 goes to a worker, and a
+    GetRecord the worker finds queued behind it stays with the workers (the loop would not come
+    back to it). All three answers come back, in order."""
+    runtime = next(s for s in cloud.services if s.service_name == "sagemaker-featurestore-runtime")
+    served_on: list[str] = []
+    handle = runtime.handle
+
+    def recording_handle(*args: Any) -> Any:
+        served_on.append(threading.current_thread().name)
+        return handle(*args)
+
+    monkeypatch.setattr(runtime, "handle", recording_handle)
+    get_record = signed_for("sagemaker", "GET", "/FeatureGroup/missing?RecordIdentifierValueAsString=1")
+    with socket.create_connection((cloud.host, cloud.port), timeout=10) as connection:
+        connection.sendall(get_record)
+        first = connection.recv(65536)
+        connection.sendall(signed_for("s3", "GET", "/") + get_record)
+        answers = first
+        while answers.count(b"HTTP/1.1 ") < 3:
+            chunk = connection.recv(65536)
+            assert chunk, f"the connection closed after {answers.count(b'HTTP/1.1 ')} answers"
+            answers += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses == [b"404", b"200", b"404"], answers[:2000]  # no such group; ListBuckets; no such group
+    assert served_on[0] == "localcloud" and served_on[1].startswith("waitress-"), served_on

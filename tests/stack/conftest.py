@@ -120,8 +120,9 @@ def log_text(entries: list[Any]) -> str:
 
 def task_log(api: httpx.Client, run_id: str, task_id: str, try_number: int) -> str:
     """The log of one try of a task, as text."""
-    log = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}").json()
-    return log_text(log["content"])
+    answer = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}")
+    assert answer.status_code == 200, f"log of {task_id} try {try_number}: {answer.status_code} {answer.text}"
+    return log_text(answer.json()["content"])
 
 
 def failed_task_logs(api: httpx.Client, run_id: str) -> str:
@@ -144,9 +145,14 @@ def wait_for_run(api: httpx.Client, run_id: str, timeout: float = RUN_TIMEOUT_SE
     raise AssertionError(f"run {run_id} not finished after {timeout} s")
 
 
-def task_states(api: httpx.Client, run_id: str) -> dict[str, str]:
+def task_instances(api: httpx.Client, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's task instances by task id, as the API serves them (state, try_number, ...)."""
     answer = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100}).json()
-    return {instance["task_id"]: instance["state"] for instance in answer["task_instances"]}
+    return {instance["task_id"]: instance for instance in answer["task_instances"]}
+
+
+def task_states(api: httpx.Client, run_id: str) -> dict[str, str]:
+    return {task_id: instance["state"] for task_id, instance in task_instances(api, run_id).items()}
 
 
 @pytest.fixture(scope="session")

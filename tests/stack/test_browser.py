@@ -16,6 +16,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.stack.conftest import DAG_ID, REPO, ProcessStack, wait_for_dag
 
+pytestmark = pytest.mark.stack  # make test-stack
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -34,6 +34,8 @@ from tests.stack.conftest import (
     wait_for_run,
 )
 
+pytestmark = pytest.mark.stack  # make test-stack
+
 # The task whose process is killed while it waits for its job, and that job.
 KILLED_TASK, KILLED_TASK_JOB = "dataset.split", re.compile(r"-split-")
 # The job the local cloud is killed during: the evaluation, whose inputs (the test set, the

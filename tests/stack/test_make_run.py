@@ -12,6 +12,8 @@ import pytest
 
 from tests.stack.conftest import ENDPOINT, PREFIX, REPO, ProcessStack
 
+pytestmark = pytest.mark.stack  # make test-stack
+
 CONF = {"prefix": PREFIX, "endpoint_name": ENDPOINT, "tuning": False, "balance_facet": True, "min_test_auc": 0.7}
 SUMMARY_KEYS = {
     "dag_id", "run_id", "state", "task_seconds", "dataset_rows", "baseline_test_auc", "test_auc", "test_pr_auc",

@@ -202,6 +202,7 @@ def test_compose_init_writes_the_login(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 def test_up_starts_every_service_and_down_stops_exactly_them(tmp_path: Path) -> None:
     stack = ProcessStack.in_folder(tmp_path)
     processes: dict[str, psutil.Process] = {}

@@ -292,15 +292,26 @@ class GlueCatalog:
         )
         self._loaded: dict[TableRef, TableSource] = {}
         self._lock = threading.Lock()
+        self._schemas: set[str] = set()
+        self._schemas_lock = threading.Lock()
 
     def close(self) -> None:
         self.db.close()
 
     def cursor(self, database: str) -> duckdb.DuckDBPyConnection:
+        self._create_schema(database)
         cursor = self.db.cursor()
-        cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {CATALOG}.{quote(database)}")
         cursor.execute(f"USE {CATALOG}.{quote(database)}")
         return cursor
+
+    def _create_schema(self, database: str) -> None:
+        """Each database's schema once, one at a time: DuckDB fails a transaction that creates a
+        schema another one is creating (a write-write conflict), as two first queries would."""
+        with self._schemas_lock:
+            if database not in self._schemas:
+                with self.db.cursor() as cursor:
+                    cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {CATALOG}.{quote(database)}")
+                self._schemas.add(database)
 
     def prepare(self, refs: list[TableRef]) -> int:
         """Bring the tables up to date with Glue and S3; returns the bytes of data they hold."""
@@ -374,12 +385,12 @@ class GlueCatalog:
         )
         known = current.etags if appending and current is not None else {}
         name = f"{CATALOG}.{quote(source.ref.database)}.{quote(source.ref.table)}"
+        self._create_schema(source.ref.database)
         cursor = self.db.cursor()
         try:
             cursor.begin()
             if not appending:
                 columns = ", ".join(f"{quote(n)} {t}" for n, t in source.columns)
-                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {CATALOG}.{quote(source.ref.database)}")
                 cursor.execute(f"CREATE OR REPLACE TABLE {name} ({columns})")
             for obj in source.objects:
                 if obj.key not in known:
