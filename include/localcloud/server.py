@@ -57,7 +57,8 @@ IAM_CHANGING_SERVICES = ("iam", "cloudformation")  # their writes can change use
 # The Feature Store runtime's records (PutRecord, GetRecord, DeleteRecord) are served on the serving
 # loop's own thread: each is a short piece of in-process work, and handing it to a worker thread and
 # its answer back cost the server more CPU than the work.
-SERVED_BY_THE_LOOP = ("/FeatureGroup/", "/sagemaker/aws4_request")  # path prefix, signing scope
+SERVED_BY_THE_LOOP_PATH = "/FeatureGroup/"
+SERVED_BY_THE_LOOP_SIGNING_SERVICE = "sagemaker"
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
 
 
@@ -69,9 +70,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def signing_scope(request: Request) -> tuple[str, str | None]:
+def signing_scope(authorization: str) -> tuple[str, str | None]:
     """(region, service) from a SigV4 Authorization header."""
-    found = _SCOPE.search(request.headers.get("Authorization", ""))
+    found = _SCOPE.search(authorization)
     if found is None:
         return DEFAULT_REGION, None
     return found.group(1), found.group(2)
@@ -158,7 +159,6 @@ class LocalCloud:
             self,
             host=self.host,
             port=self.port,
-            threads=SERVER_THREADS,
             max_request_body_size=MAX_REQUEST_BYTES,
             connection_limit=min(CONNECTION_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2),
             channel_timeout=IDLE_TIMEOUT,
@@ -195,7 +195,7 @@ class LocalCloud:
     # -- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
-        region, signing_service = signing_scope(request)
+        region, signing_service = signing_scope(request.headers.get("Authorization", ""))
         if request.path == ALLOWED_ACTIONS_PATH and request.method == "GET":
             body = json.dumps(self.access.allowed_actions(), indent=1)
             return Response(body, content_type="application/json")(environ, start_response)
@@ -278,7 +278,7 @@ class _Channel(HTTPChannel):
 
 
 class _Dispatcher(ThreadedTaskDispatcher):
-    """waitress's worker threads, but for SERVED_BY_THE_LOOP requests the serving loop has just read,
+    """waitress's worker threads, but for SERVED_BY_THE_LOOP_* requests the serving loop has just read,
     which the channel serves itself when it has read them (add_task is called while the channel
     holds its requests lock). A request a worker queues after another on its connection stays with
     the workers: the loop would not come back to it."""
@@ -289,9 +289,8 @@ class _Dispatcher(ThreadedTaskDispatcher):
 
     def add_task(self, task: Any) -> None:
         request = task.requests[0] if isinstance(task, _Channel) and task.reading else None
-        path_prefix, scope = SERVED_BY_THE_LOOP
-        if request is not None and request.path.startswith(path_prefix) and scope in request.headers.get(
-                "AUTHORIZATION", ""):
+        if (request is not None and request.path.startswith(SERVED_BY_THE_LOOP_PATH)
+                and signing_scope(request.headers.get("AUTHORIZATION", ""))[1] == SERVED_BY_THE_LOOP_SIGNING_SERVICE):
             task.serve_in_the_loop = True
         else:
             super().add_task(task)
